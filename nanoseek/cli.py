@@ -1,0 +1,73 @@
+"""The `nanoseek` command. Each subcommand maps its flags onto the library's dataclasses and calls it;
+library code never reads sys.argv. Errors from `nanoseek.errors` print one line and exit non-zero.
+
+A command is two functions, `<name>_args(parser)` adding its flags and `<name>_run(args)` doing the work
+(imports inside, so `nanoseek --help` stays fast), listed once in COMMANDS at the bottom."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nanoseek.errors import NanoseekError
+
+
+def info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="tiny",
+                   help="a preset (tiny, small, deepseek-v2-lite, deepseek-v3) or a checkpoint directory (default: tiny)")
+
+
+def info_run(args: argparse.Namespace) -> None:
+    from nanoseek.info import describe
+
+    print(describe(args.model))
+
+
+def tokenizer_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = sub.add_parser("train", help="train a byte-level BPE on UTF-8 text files",
+                           description="train a byte-level BPE on UTF-8 text files")
+    train.add_argument("files", nargs="+", help="UTF-8 text files, read line by line")
+    train.add_argument("--vocab-size", type=int, required=True,
+                       help="largest vocabulary, special tokens included (at least 262)")
+    train.add_argument("--out", required=True, help="directory for tokenizer.json and tokenizer_config.json")
+
+
+def tokenizer_run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from nanoseek.tokenizer import train_tokenizer
+
+    # "train" is the only action so far
+    megabytes = sum(Path(f).stat().st_size for f in args.files if Path(f).is_file()) / 1e6
+    print(f"training a byte-level BPE of up to {args.vocab_size} tokens on {len(args.files)} file(s), "
+          f"{megabytes:.1f} MB", flush=True)
+    tokenizer = train_tokenizer(args.files, args.vocab_size, args.out)
+    print(f"vocab size {tokenizer.vocab_size}, saved to {args.out}")
+
+
+COMMANDS = {
+    "info": ("parameters, active fraction, KV cache bytes and FLOPs of a preset or checkpoint", info_args, info_run),
+    "tokenizer": ("byte-level BPE with DeepSeek's special tokens and chat template", tokenizer_args, tokenizer_run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3 / R1 in miniature.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help, add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add_args(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except NanoseekError as e:
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("nanoseek: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,48 @@
+"""`nanoseek info`: the figures that describe a model before anyone trains or serves it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nanoseek.config import PRESETS, ModelConfig
+from nanoseek.cost import flops_per_token
+from nanoseek.errors import ConfigError
+
+
+def resolve_config(preset_or_path: str) -> ModelConfig:
+    if preset_or_path in PRESETS:
+        return ModelConfig.from_preset(preset_or_path)
+    if Path(preset_or_path).exists():
+        return ModelConfig.load(preset_or_path)
+    raise ConfigError(f"{preset_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+
+
+def _n(x: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def describe(preset_or_path: str, bytes_per_value: int = 2) -> str:
+    c = resolve_config(preset_or_path)
+    p = c.param_counts()
+    kv = c.kv_cache_values_per_token()
+    seq = min(4096, c.max_position_embeddings)
+    moe = (f"{c.n_routed_experts} routed ({c.num_experts_per_tok} active, {c.n_group} groups / {c.topk_group} kept)"
+           f" + {c.n_shared_experts} shared, first {c.first_k_dense_replace} dense" if c.n_routed_experts else "dense")
+    rows = [
+        ("model", preset_or_path),
+        ("shape", f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+                  f"vocab {c.vocab_size}"),
+        ("experts", moe),
+        ("total parameters", f"{_n(p['total'])} ({p['total']:,}; main model, MTP excluded)"),
+        ("MTP parameters", f"{_n(p['mtp'])} ({c.num_nextn_predict_layers} module(s); embedding and head shared)"),
+        ("active per token", f"{_n(p['active'])} ({p['active'] / p['total']:.1%} of total)"),
+        ("KV cache per token", f"MLA {kv['mla']:,} values = {_n(kv['mla'] * bytes_per_value)}B in bf16, "
+                               f"MHA would need {kv['mha']:,} = {_n(kv['mha'] * bytes_per_value)}B "
+                               f"({kv['mha'] / kv['mla']:.1f}x more)"),
+        ("training FLOPs/token", f"{_n(flops_per_token(c, seq))} at sequence length {seq} (MTP included)"),
+        ("inference FLOPs/token", f"{_n(flops_per_token(c, seq, training=False, mtp=False))} forward"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

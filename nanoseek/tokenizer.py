@@ -1,0 +1,244 @@
+"""Byte-level BPE tokenizer, DeepSeek special tokens and the R1 chat template.
+
+DeepSeek-V3 report (arXiv 2412.19437) §4.1: byte-level BPE, trained here with Hugging Face
+`tokenizers`. Every UTF-8 string round-trips exactly, since every byte has a token of its own.
+The special tokens are DeepSeek-R1's own strings; each encodes to a single id, and a nanoseek
+tokenizer puts them first in the vocabulary (bos = 0, eos = 1, ...).
+
+The chat template exists twice, side by side and tested equal: `render_chat` in Python (the
+training stages use it, and `chat_ids` builds the SFT loss mask from its pieces) and
+`CHAT_TEMPLATE` in Jinja, saved into tokenizer_config.json for transformers' apply_chat_template.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as Backend
+
+from nanoseek.errors import DataError, TokenizerError
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"  # also the end-of-document separator and the pad token
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+THINK = "<think>"
+END_THINK = "</think>"
+SPECIAL_TOKENS = (BOS, EOS, USER, ASSISTANT, THINK, END_THINK)
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus the special tokens
+
+# Same output as render_chat; HF renders it with trim_blocks and lstrip_blocks, so every tag trims
+# whitespace explicitly. {% generation %} marks the tokens the SFT loss is taken on (chat_ids).
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' %}"
+    "{%- if not loop.first %}{{- raise_exception('a system message may only come first') }}{%- endif %}"
+    "{{- message.content }}"
+    "{%- elif message.role == 'user' %}"
+    "{{- '<｜User｜>' + message.content }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<｜Assistant｜>' }}"
+    "{%- generation %}"
+    "{%- if message.reasoning_content and loop.last %}"
+    "{{- '<think>\\n' + message.reasoning_content + '\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{{- message.content + eos_token }}"
+    "{%- endgeneration %}"
+    "{%- else %}"
+    "{{- raise_exception('unknown role ' + message.role) }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<｜Assistant｜>' }}{%- endif %}"
+)
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` that holds the DeepSeek special tokens, each as one id."""
+
+    def __init__(self, backend: Backend, source: str = "tokenizer"):
+        self._backend = backend
+        ids = {token: backend.token_to_id(token) for token in SPECIAL_TOKENS}
+        missing = [token for token, i in ids.items() if i is None]
+        if missing:
+            raise TokenizerError(f"{source} lacks the special tokens {missing}")
+        self._ids = ids
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
+        """Load `path`/tokenizer.json (a nanoseek tokenizer or DeepSeek-R1's own)."""
+        file = Path(path) / "tokenizer.json"
+        if not file.is_file():
+            raise TokenizerError(f"no tokenizer file at {file}")
+        try:
+            backend = Backend.from_file(str(file))
+        except Exception as e:  # tokenizers reports a malformed file as a bare Exception
+            raise TokenizerError(f"{file} is not a valid tokenizer.json: {e}") from e
+        return cls(backend, source=str(file))
+
+    @property
+    def bos_id(self) -> int:
+        return self._ids[BOS]
+
+    @property
+    def eos_id(self) -> int:
+        return self._ids[EOS]
+
+    @property
+    def user_id(self) -> int:
+        return self._ids[USER]
+
+    @property
+    def assistant_id(self) -> int:
+        return self._ids[ASSISTANT]
+
+    @property
+    def think_id(self) -> int:
+        return self._ids[THINK]
+
+    @property
+    def end_think_id(self) -> int:
+        return self._ids[END_THINK]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings inside it become their single ids."""
+        ids = self._backend.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens=skip_special)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write tokenizer.json and a tokenizer_config.json that transformers' AutoTokenizer reads."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": EOS,
+            "clean_up_tokenization_spaces": False,
+            "chat_template": CHAT_TEMPLATE,
+        }
+        _write_atomic(out / "tokenizer.json", self._backend.to_str())
+        _write_atomic(out / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
+
+
+def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int,
+                    out_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """Train a byte-level BPE of at most `vocab_size` tokens (special tokens included) on UTF-8
+    text files, streamed line by line; save it to `out_dir` when given."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise TokenizerError(f"vocab_size {vocab_size} is too small: need at least {MIN_VOCAB_SIZE} "
+                             f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise DataError("no text files to train the tokenizer on")
+    for p in paths:
+        _check_text_file(p)
+    backend = Backend(models.BPE())
+    # DeepSeek LLM (arXiv 2401.02954) §2.1: numbers split into single digits, so arithmetic sees
+    # every digit on its own; then GPT-2's byte-level pre-tokenization.
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    # as in DeepSeek's tokenizer.json: transformers' tokenizer(text) starts with bos by default
+    backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, 0)])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    backend.train_from_iterator(_lines(paths), trainer)
+    tokenizer = Tokenizer(backend)
+    if out_dir is not None:
+        tokenizer.save(out_dir)
+    return tokenizer
+
+
+def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+    """The conversation as one string in DeepSeek-R1's format:
+    bos, system text, then `<｜User｜>content` and `<｜Assistant｜>[<think>\\n…\\n</think>\\n\\n]content<eos>`."""
+    return "".join(text for text, _ in _chat_pieces(messages, add_generation_prompt))
+
+
+def chat_ids(tokenizer: Tokenizer, messages: Sequence[dict],
+             add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of render_chat(messages) and a loss mask: 1 on each assistant turn's reasoning,
+    think tags, content and closing eos; 0 on bos, system, user turns and `<｜Assistant｜>` itself."""
+    ids: list[int] = []
+    mask: list[int] = []
+    # Every boundary between pieces sits next to a special token, and BPE never merges across one,
+    # so encoding piece by piece gives the same ids as encoding the whole string.
+    for text, trained in _chat_pieces(messages, add_generation_prompt):
+        piece = tokenizer.encode(text)
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return ids, mask
+
+
+def _chat_pieces(messages: Sequence[dict], add_generation_prompt: bool) -> list[tuple[str, bool]]:
+    """render_chat as (text, is_assistant_output) pieces."""
+    pieces = [(BOS, False)]
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(content, str):
+            raise TokenizerError(f"message {i} has content {content!r}; expected a string")
+        if role == "system":
+            if i != 0:
+                raise TokenizerError(f"message {i} is a system message; a system message may only come first")
+            pieces.append((content, False))
+        elif role == "user":
+            pieces.append((USER + content, False))
+        elif role == "assistant":
+            # DeepSeek convention: earlier turns' reasoning is not fed back; only a final assistant
+            # message (the SFT target) keeps it. R1 (arXiv 2501.12948) §2.3.1: <think> then the answer.
+            reasoning = m.get("reasoning_content") if i == len(messages) - 1 else None
+            think = f"{THINK}\n{reasoning}\n{END_THINK}\n\n" if reasoning else ""
+            pieces += [(ASSISTANT, False), (think + content + EOS, True)]
+        else:
+            raise TokenizerError(f"message {i} has role {role!r}; expected 'system', 'user' or 'assistant'")
+    if add_generation_prompt:
+        pieces.append((ASSISTANT, False))
+    return pieces
+
+
+def _check_text_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"no text file at {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        if not any(line.strip() for line in f):
+            raise DataError(f"{path} is empty: nothing to train the tokenizer on")
+
+
+def _lines(paths: Sequence[Path]) -> Iterator[str]:
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            try:
+                yield from f
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not UTF-8 text: {e}") from e
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
