@@ -45,9 +45,33 @@ def tokenizer_run(args: argparse.Namespace) -> None:
     print(f"vocab size {tokenizer.vocab_size}, saved to {args.out}")
 
 
+def data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", help="arithmetic, expression, linear, countdown, or mix (all four interleaved)")
+    p.add_argument("--split", default="train", help="train or eval (disjoint by a hash of the prompt; default: train)")
+    p.add_argument("--n", type=int, default=1000, help="number of problems (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--difficulty", type=int, default=None, help="level 1..5 (default: each task's own)")
+    p.add_argument("--out", required=True, help="JSONL file to write, one problem per line")
+
+
+def data_run(args: argparse.Namespace) -> None:
+    from itertools import islice
+
+    from tqdm import tqdm
+
+    from nanoseek.data.tasks import check_count, save_jsonl, stream, stream_mix
+
+    problems = (stream_mix(args.seed, args.split, args.difficulty) if args.task == "mix"
+                else stream(args.task, args.seed, args.split, args.difficulty))
+    n = check_count(args.n)
+    rows = save_jsonl(tqdm(islice(problems, n), total=n, desc=f"{args.task} {args.split}", unit="problem"), args.out)
+    print(f"wrote {rows} {args.task} problems ({args.split}) to {args.out}")
+
+
 COMMANDS = {
     "info": ("parameters, active fraction, KV cache bytes and FLOPs of a preset or checkpoint", info_args, info_run),
     "tokenizer": ("byte-level BPE with DeepSeek's special tokens and chat template", tokenizer_args, tokenizer_run),
+    "data": ("write verifiable reasoning problems with worked traces to a JSONL file", data_args, data_run),
 }
 
 

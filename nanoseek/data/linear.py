@@ -1,0 +1,78 @@
+"""Linear equations in one unknown with an integer solution, solved by isolating x one move per
+line: expand brackets, collect the x terms on the left, the numbers on the right, divide.
+
+    2(x + 3) + 5 = 4x + 1
+    expand: 2x + 6 + 5 = 4x + 1
+    combine: 2x + 11 = 4x + 1
+    subtract 4x from both sides: -2x + 11 = 1
+    subtract 11 from both sides: -2x = -10
+    divide both sides by -2: x = 5
+
+Levels: 1 `x + b = d`; 2 `ax + b = d`; 3 `ax + b = cx + d`; 4 `a(x + b) + c = d`;
+5 `a(x + b) + c = ex + f`."""
+from __future__ import annotations
+
+import random
+
+from nanoseek.data.problem import Problem, Task, check_number
+
+
+def term(coef: int) -> str:
+    return {1: "x", -1: "-x"}.get(coef, f"{coef}x")
+
+
+def plus(k: int) -> str:
+    """' + k', ' - |k|' or '' for k = 0: a constant following a term."""
+    return f" + {k}" if k > 0 else f" - {-k}" if k < 0 else ""
+
+
+def side(coef: int, const: int) -> str:
+    return term(coef) + plus(const) if coef else str(const)
+
+
+def bracket(a: int, b: int) -> str:
+    return f"{a}(x{plus(b)})"
+
+
+def isolate(a: int, b: int, c: int, d: int) -> list[str]:
+    """The moves that take `ax + b = cx + d` (a != c) to `x = value`."""
+    lines = []
+    if c:
+        move = f"subtract {term(c)} from" if c > 0 else f"add {term(-c)} to"
+        a, c = a - c, 0
+        lines.append(f"{move} both sides: {side(a, b)} = {d}")
+    if b:
+        move = f"subtract {b} from" if b > 0 else f"add {-b} to"
+        b, d = 0, d - b
+        lines.append(f"{move} both sides: {term(a)} = {d}")
+    if a != 1:
+        lines.append(f"divide both sides by {a}: x = {d // a}")
+    return lines
+
+
+def make(rng: random.Random, level: int) -> Problem:
+    x = rng.randint(0, 20) if level <= 2 else rng.randint(-10, 10)
+    a = 1 if level == 1 else rng.randint(2, 9)
+    b = rng.choice([-1, 1]) * rng.randint(1, 20)
+    if level == 1 and x < -b:
+        b = -b  # keep level 1 free of negative numbers
+    if level <= 3:
+        c = rng.choice([m for m in range(10) if m != a]) if level == 3 else 0
+        d = a * x + b - c * x
+        text, lines = f"{side(a, b)} = {side(c, d)}", []
+    else:
+        b = rng.choice([-1, 1]) * rng.randint(1, 9)
+        k = rng.randint(-20, 20)
+        c = rng.choice([m for m in range(10) if m != a]) if level == 5 else 0
+        d = a * (x + b) + k - c * x
+        right = side(c, d)
+        text = f"{bracket(a, b)}{plus(k)} = {right}"
+        lines = [f"expand: {term(a)}{plus(a * b)}{plus(k)} = {right}"]
+        if k:
+            lines.append(f"combine: {side(a, a * b + k)} = {right}")
+        b = a * b + k
+    lines = [text] + lines + isolate(a, b, c, d)
+    return Problem(task="linear", prompt=f"Solve for x: {text}", reasoning="\n".join(lines), answer=str(x))
+
+
+TASK = Task(name="linear", make=make, check=check_number, default_difficulty=2)

@@ -1,0 +1,42 @@
+"""Tests for nanoseek/data/linear.py: the solution satisfies every equation of the trace."""
+import re
+
+import pytest
+
+from nanoseek.data.tasks import generate
+
+
+def value(side, x):
+    """Evaluate one side such as '2(x - 1) - 10', '-3x + 44' or '7' at x, by hand-written parsing."""
+    side = re.sub(r"(-?\d*)\(x ([+-]) (\d+)\)", lambda m: f"{m[1] or 1}x {m[2]} {int(m[1] or 1) * int(m[3])}", side)
+    total = 0
+    for sign, num, var in re.findall(r"([+-]?)\s*(\d*)(x?)", side.replace(" ", "")):
+        if not num and not var:
+            continue
+        k = int(num or 1) * (-1 if sign == "-" else 1)
+        total += k * x if var else k
+    return total
+
+
+def test_value_helper():
+    assert value("2(x - 1) - 10", 3) == -6
+    assert value("-x + 4", 3) == 1
+    assert value("-3x - 44", 2) == -50
+    assert value("7", 9) == 7
+
+
+@pytest.mark.parametrize("level", range(1, 6))
+def test_solution_satisfies_every_line(level):
+    for p in generate("linear", 200, seed=level, split="train", difficulty=level):
+        x = int(p.answer)
+        equation = p.prompt.removeprefix("Solve for x: ")
+        lines = p.reasoning.splitlines()
+        assert lines[0] == equation
+        for line in lines:
+            left, right = line.split(": ")[-1].split(" = ")
+            assert value(left, x) == value(right, x), (p.prompt, line)
+        assert lines[-1].endswith(f"x = {x}")
+        if level == 1:  # no negative numbers anywhere
+            assert x >= 0 and not re.search(r"(^|[=:] )-", "\n".join([equation] + lines)), p
+        if level >= 4:
+            assert "(" in p.prompt and lines[1].startswith("expand: ")
