@@ -68,9 +68,58 @@ def data_run(args: argparse.Namespace) -> None:
     print(f"wrote {rows} {args.task} problems ({args.split}) to {args.out}")
 
 
+def cost_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="tiny", help="a preset or a checkpoint directory (default: tiny)")
+    p.add_argument("--tokens", default="14.8T", help="training tokens, e.g. 14.8T (default: 14.8T, V3's corpus)")
+    p.add_argument("--seq-len", type=int, default=4096, help="training sequence length (default: 4096)")
+    p.add_argument("--gpu", default="h800", help="h800, h100, a100, or cpu (this machine's measured fp32 peak)")
+    p.add_argument("--precision", default="bf16", help="bf16 or fp8: which tensor-core peak (default: bf16)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation in (0, 1] (default: 0.4)")
+    group.add_argument("--hours", default=None, help="device-hours actually spent, e.g. 2.788M: solve for the MFU")
+    p.add_argument("--price", type=float, default=2.0, help="dollars per device-hour (default: 2, as the V3 report)")
+    p.add_argument("--serve-tps", type=float, default=None,
+                   help="measured generation tokens/s of one device: also print the price per million tokens")
+
+
+def cost_run(args: argparse.Namespace) -> None:
+    from nanoseek.cost import GPUS, measure_matmul_peak, parse_amount, serving_price_per_million, training_cost
+    from nanoseek.errors import ConfigError
+    from nanoseek.info import resolve_config
+
+    config = resolve_config(args.model)
+    if args.gpu == "cpu":
+        peak, device = measure_matmul_peak(), "this CPU (measured fp32 matmul peak)"
+    elif args.gpu in GPUS:
+        if args.precision not in GPUS[args.gpu]:
+            raise ConfigError(f"--precision {args.precision!r} has no peak for {args.gpu}; "
+                              f"choose one of {', '.join(GPUS[args.gpu])}")
+        peak, device = GPUS[args.gpu][args.precision], f"{args.gpu.upper()} {args.precision}"
+    else:
+        raise ConfigError(f"--gpu must be one of {', '.join([*GPUS, 'cpu'])}, got {args.gpu!r}")
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise ConfigError(f"--mfu must be in (0, 1], got {args.mfu}")
+    if args.price < 0:
+        raise ConfigError(f"--price must not be negative, got {args.price}")
+    hours = parse_amount(args.hours) if args.hours else None
+    mfu = args.mfu if args.mfu is not None or hours is not None else 0.4
+    c = training_cost(config, parse_amount(args.tokens), args.seq_len, peak, mfu, hours, args.price)
+    print(f"model                {args.model}")
+    print(f"FLOPs per token      {c['flops_per_token'] / 1e9:,.1f} GFLOP (training, MTP included, seq {args.seq_len})")
+    print(f"total FLOPs          {c['total_flops']:.3e} for {parse_amount(args.tokens):.4g} tokens")
+    print(f"device               {device}: {c['peak'] / 1e12:,.1f} TFLOP/s peak")
+    print(f"MFU                  {c['mfu']:.2%}" + (" (solved from --hours)" if hours else ""))
+    print(f"device-hours         {c['device_hours']:,.0f} ({c['device_hours'] / 1e6:.3f}M)")
+    print(f"cost                 ${c['dollars']:,.0f} (${c['dollars'] / 1e6:.3f}M at ${args.price}/device-hour)")
+    if args.serve_tps:
+        per_m = serving_price_per_million(args.serve_tps, args.price)
+        print(f"serving              ${per_m:.4f} per million output tokens at {args.serve_tps:g} tokens/s")
+
+
 COMMANDS = {
     "info": ("parameters, active fraction, KV cache bytes and FLOPs of a preset or checkpoint", info_args, info_run),
     "tokenizer": ("byte-level BPE with DeepSeek's special tokens and chat template", tokenizer_args, tokenizer_run),
+    "cost": ("training FLOPs, device-hours and dollars; serving price per million tokens", cost_args, cost_run),
     "data": ("write verifiable reasoning problems with worked traces to a JSONL file", data_args, data_run),
 }
 

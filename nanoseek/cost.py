@@ -38,3 +38,63 @@ def flops_per_token(config: ModelConfig, seq_len: int, training: bool = True, mt
     """FLOPs per token: 2 N + attention forward, times 3 for training (the backward costs twice the forward)."""
     forward = 2 * matmul_params_per_token(config, mtp) + attention_flops_per_token(config, seq_len, mtp)
     return 3 * forward if training else forward
+
+
+# ---- hardware and prices ------------------------------------------------------------------------------------------
+# Dense (no sparsity) tensor-core peaks in FLOP/s from the vendors' datasheets. The H800 is the export variant of
+# the H100 SXM with the same compute and a narrower NVLink (V3 report §3.1).
+GPUS = {
+    "h800": {"bf16": 989e12, "fp8": 1979e12},
+    "h100": {"bf16": 989e12, "fp8": 1979e12},
+    "a100": {"bf16": 312e12},
+}
+
+
+def measure_matmul_peak(dtype=None, n: int = 1024, repeats: int = 5) -> float:
+    """This machine's matmul FLOP/s: the best of a few square matmuls with torch's current thread count."""
+    import time
+
+    import torch
+
+    a = torch.randn(n, n, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, dtype=dtype or torch.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def parse_amount(text: str) -> float:
+    """'14.8T', '2.788M', '5e9', '1,000' -> a float; K, M, B/G and T suffixes."""
+    from nanoseek.errors import ConfigError
+
+    units = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+    s = text.strip().replace(",", "").replace("_", "")
+    scale = units.get(s[-1:].upper(), 1.0)
+    try:
+        value = float(s[:-1] if scale != 1.0 else s) * scale
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a number (examples: 14.8T, 2.788M, 5e9)") from None
+    if value <= 0:
+        raise ConfigError(f"expected a positive amount, got {text!r}")
+    return value
+
+
+def training_cost(config: ModelConfig, tokens: float, seq_len: int, peak: float, mfu: float | None = None,
+                  hours: float | None = None, price: float = 2.0) -> dict:
+    """Device-hours and dollars to train on `tokens`: total FLOPs / (peak x MFU). Give the MFU, or the
+    device-hours actually spent and the MFU is solved for."""
+    total = flops_per_token(config, seq_len) * tokens
+    if hours is not None:
+        mfu = total / (hours * 3600 * peak)
+    hours = total / (peak * mfu) / 3600
+    return {"flops_per_token": total / tokens, "total_flops": total, "peak": peak, "mfu": mfu,
+            "device_hours": hours, "dollars": hours * price}
+
+
+def serving_price_per_million(tokens_per_s: float, price_per_hour: float) -> float:
+    """Dollars per million generated tokens for a device costing `price_per_hour` that sustains `tokens_per_s`."""
+    return price_per_hour / (tokens_per_s * 3600) * 1e6
