@@ -22,6 +22,11 @@ class ModelConfig:
     moe_intermediate_size: int = 128        # width of one routed or shared expert
     num_hidden_layers: int = 4
     num_attention_heads: int = 6
+    # attention: "mla" (DeepSeek) or "gqa", grouped-query attention for the dense Llama/Qwen-shaped students that
+    # R1 §2.4 distils into (then num_key_value_heads and head_dim apply and the MLA fields are unused)
+    attention_type: str = "mla"
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
     # MLA (V2 report §2.1): low-rank query and joint key-value compression
     q_lora_rank: int | None = 96            # None: queries are projected directly (V2-Lite)
     kv_lora_rank: int = 64
@@ -59,6 +64,14 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.qk_rope_head_dim % 2:
             raise ConfigError(f"qk_rope_head_dim must be even for RoPE, got {self.qk_rope_head_dim}")
+        if self.attention_type not in ("mla", "gqa"):
+            raise ConfigError(f"attention_type must be 'mla' or 'gqa', got {self.attention_type!r}")
+        if self.attention_type == "gqa":
+            if self.num_attention_heads % self.kv_heads:
+                raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                                  f"num_key_value_heads={self.kv_heads}")
+            if self.attention_head_dim % 2:
+                raise ConfigError(f"head_dim must be even for RoPE, got {self.attention_head_dim}")
         if self.scoring_func not in ("sigmoid", "softmax"):
             raise ConfigError(f"scoring_func must be 'sigmoid' or 'softmax', got {self.scoring_func!r}")
         if self.first_k_dense_replace > self.num_hidden_layers:
@@ -83,6 +96,28 @@ class ModelConfig:
     @property
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def attention_head_dim(self) -> int:
+        """GQA's per-head width (default hidden / heads)."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def rope_dim(self) -> int:
+        """How many dimensions per head RoPE turns: MLA's decoupled part, or GQA's whole head."""
+        return self.qk_rope_head_dim if self.attention_type == "mla" else self.attention_head_dim
+
+    def cache_widths(self) -> tuple[int, int]:
+        """Numbers cached per token and layer, as two streams: MLA's latent c_kv and shared rotary key
+        (V2 §2.1.4), or GQA's keys and values of the key-value heads."""
+        if self.attention_type == "mla":
+            return self.kv_lora_rank, self.qk_rope_head_dim
+        width = self.kv_heads * self.attention_head_dim
+        return width, width
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         """Layers after the first `first_k_dense_replace` are MoE (V3 §4.2: the first three are dense)."""
@@ -162,6 +197,8 @@ class ModelConfig:
 
     def _attention_params(self) -> int:
         H, nh = self.hidden_size, self.num_attention_heads
+        if self.attention_type == "gqa":
+            return 2 * H * nh * self.attention_head_dim + 2 * H * self.kv_heads * self.attention_head_dim
         if self.q_lora_rank is None:
             q = H * nh * self.qk_head_dim
         else:
@@ -174,8 +211,14 @@ class ModelConfig:
         """Cached numbers per token over all layers: MLA's latent cache against plain multi-head attention
         (V2 §2.1.4, Table 1: (d_c + d_h^R) l for MLA, 2 n_h d_h l for MHA)."""
         L = self.num_hidden_layers
-        return {"mla": (self.kv_lora_rank + self.qk_rope_head_dim) * L,
-                "mha": 2 * self.num_attention_heads * self.qk_nope_head_dim * L}
+        return {"cached": sum(self.cache_widths()) * L,
+                "mha": 2 * self.num_attention_heads * self.score_dims()[1] * L}
+
+    def score_dims(self) -> tuple[int, int]:
+        """Per-head widths of the attention products: (q.k, p.v)."""
+        if self.attention_type == "gqa":
+            return self.attention_head_dim, self.attention_head_dim
+        return self.qk_head_dim, self.v_head_dim
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -186,6 +229,15 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 PRESETS: dict[str, dict] = {
     # CPU default: ~4M parameters (half of them embeddings), small enough for the whole R1 recipe on 2 cores.
     "tiny": {},
+    # Dense distillation students for `tiny` (R1 §2.4), at most a quarter of its parameters: Llama-shaped with
+    # grouped-query attention (exports as LlamaForCausalLM), or with MLA.
+    "tiny-student": dict(attention_type="gqa", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=4, intermediate_size=256, n_routed_experts=0, first_k_dense_replace=0,
+                         num_nextn_predict_layers=0, tie_word_embeddings=True, rope_interleave=False,
+                         q_lora_rank=None),
+    "tiny-student-mla": dict(hidden_size=128, num_attention_heads=4, num_hidden_layers=4, intermediate_size=256,
+                             q_lora_rank=None, kv_lora_rank=32, n_routed_experts=0, first_k_dense_replace=0,
+                             num_nextn_predict_layers=0, tie_word_embeddings=True),
     # ~100M total for one GPU.
     "small": dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, moe_intermediate_size=256,
                   num_hidden_layers=8, num_attention_heads=8, q_lora_rank=192, kv_lora_rank=128,

@@ -23,6 +23,8 @@ def matmul_params_per_token(config: ModelConfig, mtp: bool = True) -> int:
 
 
 def _latent_norms(config: ModelConfig) -> int:
+    if config.attention_type == "gqa":
+        return 0
     return config.kv_lora_rank + (config.q_lora_rank or 0)
 
 
@@ -30,7 +32,7 @@ def attention_flops_per_token(config: ModelConfig, seq_len: int, mtp: bool = Tru
     """Forward FLOPs of the score and value products, q.k over qk_head_dim and p.v over v_head_dim, per head
     and layer, against the (seq_len + 1) / 2 earlier tokens a causal token sees on average."""
     layers = config.num_hidden_layers + (config.num_nextn_predict_layers if mtp else 0)
-    per_key = 2 * config.num_attention_heads * (config.qk_head_dim + config.v_head_dim)
+    per_key = 2 * config.num_attention_heads * sum(config.score_dims())
     return layers * per_key * (seq_len + 1) / 2
 
 

@@ -38,9 +38,9 @@ def describe(preset_or_path: str, bytes_per_value: int = 2) -> str:
         ("total parameters", f"{_n(p['total'])} ({p['total']:,}; main model, MTP excluded)"),
         ("MTP parameters", f"{_n(p['mtp'])} ({c.num_nextn_predict_layers} module(s); embedding and head shared)"),
         ("active per token", f"{_n(p['active'])} ({p['active'] / p['total']:.1%} of total)"),
-        ("KV cache per token", f"MLA {kv['mla']:,} values = {_n(kv['mla'] * bytes_per_value)}B in bf16, "
-                               f"MHA would need {kv['mha']:,} = {_n(kv['mha'] * bytes_per_value)}B "
-                               f"({kv['mha'] / kv['mla']:.1f}x more)"),
+        ("KV cache per token", f"{c.attention_type.upper()} {kv['cached']:,} values = "
+                               f"{_n(kv['cached'] * bytes_per_value)}B in bf16, MHA would need {kv['mha']:,} = "
+                               f"{_n(kv['mha'] * bytes_per_value)}B ({kv['mha'] / kv['cached']:.1f}x more)"),
         ("training FLOPs/token", f"{_n(flops_per_token(c, seq))} at sequence length {seq} (MTP included)"),
         ("inference FLOPs/token", f"{_n(flops_per_token(c, seq, training=False, mtp=False))} forward"),
     ]

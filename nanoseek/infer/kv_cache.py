@@ -13,8 +13,9 @@ class LatentCache:
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device=None):
         layers = config.num_hidden_layers + config.num_nextn_predict_layers
-        self.c_kv = torch.zeros(layers, batch, max_len, config.kv_lora_rank, dtype=dtype, device=device)
-        self.k_rope = torch.zeros(layers, batch, max_len, config.qk_rope_head_dim, dtype=dtype, device=device)
+        latent, rope = config.cache_widths()  # GQA students cache their key and value heads here instead
+        self.c_kv = torch.zeros(layers, batch, max_len, latent, dtype=dtype, device=device)
+        self.k_rope = torch.zeros(layers, batch, max_len, rope, dtype=dtype, device=device)
         self.max_len = max_len
 
     def update(self, layer: int, c_kv: torch.Tensor, k_rope: torch.Tensor, positions: torch.Tensor):

@@ -1,4 +1,5 @@
-"""One Transformer block: pre-norm MLA then pre-norm FFN (dense for the first layers, DeepSeekMoE after)."""
+"""One Transformer block: pre-norm attention (MLA; GQA for dense students) then pre-norm FFN (dense for the first
+layers, DeepSeekMoE after)."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +7,7 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.attention import MLA
+from nanoseek.model.gqa import GQA
 from nanoseek.model.moe import MLP, MoE
 
 
@@ -13,7 +15,7 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.self_attn = MLA(config, layer_idx)
+        self.self_attn = MLA(config, layer_idx) if config.attention_type == "mla" else GQA(config, layer_idx)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         if config.is_moe_layer(layer_idx):
             self.mlp = MoE(config)

@@ -41,7 +41,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        dim = config.qk_rope_head_dim
+        dim = config.rope_dim
         if config.rope_scaling:
             inv_freq, self.attention_factor = yarn_inv_freq(dim, config.rope_theta, config.rope_scaling)
         else:
