@@ -19,6 +19,7 @@ from pathlib import Path
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
+from nanoseek.atomic import write_atomic
 from nanoseek.errors import DataError, TokenizerError
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -127,8 +128,8 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
             "chat_template": CHAT_TEMPLATE,
         }
-        _write_atomic(out / "tokenizer.json", self._backend.to_str())
-        _write_atomic(out / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
+        write_atomic(out / "tokenizer.json", self._backend.to_str())
+        write_atomic(out / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
 
 
 def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int,
@@ -228,17 +229,3 @@ def _lines(paths: Sequence[Path]) -> Iterator[str]:
                 yield from f
             except UnicodeDecodeError as e:
                 raise DataError(f"{path} is not UTF-8 text: {e}") from e
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

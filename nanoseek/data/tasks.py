@@ -6,13 +6,12 @@ into that split (`problem.split_of`), so train and eval never share a problem.""
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from nanoseek.atomic import open_atomic
 from nanoseek.data import arithmetic, countdown, expression, linear
 from nanoseek.data.problem import Problem, Task, check_split, split_of
 from nanoseek.errors import ConfigError, DataError
@@ -71,17 +70,9 @@ def save_jsonl(problems: Iterable[Problem], path: str | Path) -> int:
     path = Path(path)
     if not path.parent.is_dir():
         raise DataError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            n = 0
-            for p in problems:
-                f.write(json.dumps(p.to_row(), ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    n = 0
+    with open_atomic(path) as f:
+        for p in problems:
+            f.write(json.dumps(p.to_row(), ensure_ascii=False) + "\n")
+            n += 1
     return n
