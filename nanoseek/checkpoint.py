@@ -1,4 +1,4 @@
-"""Checkpoints as safetensors: our own layout, Hugging Face / DeepSeek DeepseekV3 import and export, FP8 dequant.
+"""Checkpoints as safetensors: our own layout, Hugging Face / DeepSeek DeepseekV3 import and export, quantized ones.
 
 A checkpoint is a directory with `config.json` and the weights, either one `model.safetensors` or shards
 `model-00001-of-0000n.safetensors` listed in `model.safetensors.index.json` (Hugging Face's index format).
@@ -8,6 +8,10 @@ adds the prefix and stores MTP module k as decoder layer `num_hidden_layers + k`
 `shared_head.norm` and copies of the shared embedding and head as `embed_tokens` and `shared_head.head`.
 DeepSeek's V3/R1 release stores most matrices in FP8 (e4m3) with one scale per 128x128 block (V3 §3.3.2) in a
 sibling `<name>_scale_inv` tensor; they are dequantized on load, w = q * scale.
+
+`save_quantized` writes a model as bf16, int8, int4 (our layout, with a `quantization_config` in config.json) or
+FP8 (DeepSeek's layout and names, so it loads wherever their release loads); `nanoseek.quant` has the formats.
+int8 and int4 checkpoints load with those layers kept quantized in memory.
 """
 from __future__ import annotations
 
@@ -23,17 +27,22 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
 from nanoseek.model import Transformer
 from nanoseek.model.rope import RotaryEmbedding
+from nanoseek.quant import (FP8_BLOCK, INT4_GROUP_SIZE, INT4_GROUP_SIZES, SCALE, SCALE_INV, check_format,
+                            dequantize_fp8, is_quantized, quant_linear, quantize_tensor, stored_as, stored_layout)
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-SCALE_SUFFIX = "_scale_inv"
+# DeepSeek's V3/R1 release, as its config.json says it
+FP8_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+              "weight_block_size": list(FP8_BLOCK)}
 
 
 # ---- tensor names -----------------------------------------------------------------------------------------------
@@ -69,29 +78,77 @@ def save_checkpoint(model: Transformer, path: str | Path, format: str = "nanosee
     it; other files already in `path` (tokenizer, metrics, ...) are kept."""
     if format not in ("nanoseek", "hf"):
         raise CheckpointError(f"format must be 'nanoseek' or 'hf', got {format!r}")
+    _check_not_quantized(model)
+    config = model.config
+    tensors = _state(model)
+    if format == "hf":
+        return _write_checkpoint(path, _hf_layout(tensors, config),
+                                 _hf_config(config, model.embed_tokens.weight.dtype), max_shard_bytes)
+    return _write_checkpoint(path, tensors, config.to_dict(), max_shard_bytes)
+
+
+def save_quantized(model: Transformer, path: str | Path, fmt: str, group_size: int = INT4_GROUP_SIZE,
+                   extra_files: tuple[Path, ...] = (), progress: bool = False,
+                   max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write `model` in format `fmt` (see nanoseek.quant): "bf16", "int8" or "int4" in our layout, "fp8" in
+    DeepSeek's (Hugging Face names, `_scale_inv` siblings, their quantization_config), with `extra_files`
+    (tokenizer files) copied beside. Atomic, like save_checkpoint; `progress` shows a bar over the tensors."""
+    check_format(fmt, group_size)
+    _check_not_quantized(model)
+    config = model.config
+    tensors = {}
+    for name, t in tqdm(_state(model).items(), desc=f"quantizing to {fmt}", unit="tensor", disable=not progress):
+        tensors.update(quantize_tensor(name, t.detach(), fmt, group_size))
+    if fmt == "fp8":
+        config_json = dict(_hf_config(config, torch.bfloat16), quantization_config=FP8_CONFIG)
+        return _write_checkpoint(path, _hf_layout(tensors, config), config_json, max_shard_bytes, extra_files)
+    config_json = config.to_dict()
+    if fmt == "int8":
+        config_json["quantization_config"] = {"quant_method": "nanoseek", "format": "int8"}
+    elif fmt == "int4":
+        config_json["quantization_config"] = {"quant_method": "nanoseek", "format": "int4", "group_size": group_size}
+    return _write_checkpoint(path, tensors, config_json, max_shard_bytes, extra_files)
+
+
+def _check_not_quantized(model: Transformer) -> None:
+    if is_quantized(model):
+        raise CheckpointError("the model is already int8/int4-quantized; quantize the float checkpoint it came from")
+
+
+def _state(model: Transformer) -> dict[str, torch.Tensor]:
+    tensors = model.state_dict()
+    if model.config.tie_word_embeddings:
+        del tensors["lm_head.weight"]  # the same tensor as embed_tokens.weight: stored once
+    return tensors
+
+
+def _hf_layout(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our names -> DeepSeek's, plus the copies of the embedding and head that their release keeps in each MTP layer."""
+    out = {hf_name(name, config): t for name, t in tensors.items()}
+    embed = tensors["embed_tokens.weight"]
+    head = tensors.get("lm_head.weight", embed)
+    for k in range(config.num_nextn_predict_layers):
+        layer = f"model.layers.{config.num_hidden_layers + k}"
+        out[f"{layer}.embed_tokens.weight"] = embed.detach().clone()
+        out[f"{layer}.shared_head.head.weight"] = head.detach().clone()
+    return out
+
+
+def _write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config_json: dict, max_shard_bytes: int,
+                      extra_files: tuple[Path, ...] = ()) -> Path:
+    """Weights, config.json and copies of `extra_files` into a temporary directory, which then replaces `path`."""
     path = Path(path).resolve()
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} exists and is not a directory")
-    config = model.config
-    tensors = model.state_dict()
-    if config.tie_word_embeddings:
-        del tensors["lm_head.weight"]  # the same tensor as embed_tokens.weight: stored once
-    if format == "hf":
-        tensors = {hf_name(name, config): t for name, t in tensors.items()}
-        head = model.lm_head.weight.detach()
-        for k in range(config.num_nextn_predict_layers):  # DeepSeek's release keeps copies in each MTP layer
-            layer = f"model.layers.{config.num_hidden_layers + k}"
-            tensors[f"{layer}.embed_tokens.weight"] = model.embed_tokens.weight.detach().clone()
-            tensors[f"{layer}.shared_head.head.weight"] = head.clone()
-        config_json = _hf_config(config, model.embed_tokens.weight.dtype)
-    else:
-        config_json = config.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
     tmp.mkdir()
     try:
         _write_weights(tmp, {name: t.contiguous() for name, t in tensors.items()}, max_shard_bytes)
         _write_json(tmp / CONFIG, config_json)
+        for file in extra_files:
+            shutil.copyfile(file, tmp / Path(file).name)
+            _fsync(tmp / Path(file).name)
         _fsync(tmp)
         _replace_dir(tmp, path)
     except BaseException:
@@ -106,11 +163,14 @@ def _hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
                                             and config.first_k_dense_replace < config.num_hidden_layers):
         raise CheckpointError(f"DeepseekV3 routes with sigmoid scores over routed experts; this model has "
                               f"scoring_func={config.scoring_func!r}, n_routed_experts={config.n_routed_experts}")
+    if config.attention_type != "mla":
+        raise CheckpointError(f"DeepseekV3 attends with MLA; this model has attention_type={config.attention_type!r}")
     d = config.to_dict()
     if d["rope_scaling"] is None:
         del d["rope_scaling"]
-    d.update(num_key_value_heads=config.num_attention_heads, hidden_act="silu", attention_bias=False,
-             torch_dtype=str(dtype).removeprefix("torch."))
+    # head_dim: transformers' DeepseekV3 sizes its rotary embedding by it, the rope part of a head (ours is None)
+    d.update(num_key_value_heads=config.num_attention_heads, head_dim=config.qk_rope_head_dim, hidden_act="silu",
+             attention_bias=False, torch_dtype=str(dtype).removeprefix("torch."))
     return d
 
 
@@ -182,31 +242,53 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     """Load a checkpoint directory (ours, transformers' DeepseekV3, or DeepSeek's V3/R1 release with its MTP layer
     and FP8 weights) into a Transformer in eval mode. `dtype` (default float32) is that of every weight; the routing
     bias stays float32. Refuses, before allocating anything, weights larger than `max_bytes` (default: the memory
-    available on `device`). A config that asks for MTP modules the weights lack loads without them, with a notice."""
+    available on `device`). A config that asks for MTP modules the weights lack loads without them, with a notice.
+    An int8 / int4 checkpoint (`save_quantized`) loads with those layers as Int8Linear / Int4Linear, which run
+    torch's CPU kernels: on the CPU only."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     dtype = dtype or torch.float32
     raw_config = _read_json(path / CONFIG)
     config = ModelConfig.from_dict(raw_config)
+    quant = raw_config.get("quantization_config") or {}
+    int_format, group_size = _int_format(quant, path)
+    if int_format and torch.device(device).type != "cpu":
+        raise CheckpointError(f"{path} is {int_format}-quantized, and its layers run on torch's CPU kernels; "
+                              f"load it on 'cpu', not {str(device)!r} (or quantize to fp8 or bf16 for a GPU)")
     files = _open_weights(path)
     stored = {name: file for file, handle in files.items() for name in handle.keys()}  # name -> its file
     sources, config = _match_names(stored, config, path)
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = Transformer(config)
-    expected = model.state_dict()
+    expected = {name: (tuple(t.shape), _target_dtype(name, dtype)) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
         del expected["lm_head.weight"]
-    _check_names_and_shapes(expected, sources, stored, files, config)
-    need = sum(t.numel() * _target_dtype(name, dtype).itemsize for name, t in expected.items())
+    plans = {}  # our name -> ("int8" | "int4", group size) of each weight stored quantized
+    if int_format:
+        plans = {name: stored_as(name, shape, int_format, group_size) for name, (shape, _) in expected.items()}
+        plans = {name: plan for name, plan in plans.items() if plan[0] is not None}
+    layouts = {name: stored_layout(kind, expected[name][0], G) for name, (kind, G) in plans.items()}
+    for name, layout in layouts.items():  # as stored: quantized weight, and its scale read beside it
+        expected[name] = layout[""]
+    _check_names_and_shapes({name: shape for name, (shape, _) in expected.items()}, sources, stored, files, config)
+    held = [*expected.values(), *(layout[SCALE] for layout in layouts.values())]
+    need = sum(math.prod(shape) * held_dtype.itemsize for shape, held_dtype in held)
     limit = available_memory(device) if max_bytes is None else max_bytes
     if limit is not None and need > limit:
         raise CheckpointError(f"{path} needs {need / 2**30:.2f} GiB in {dtype} but only {limit / 2**30:.2f} GiB "
                               f"is available on {device}")
 
-    block = tuple((raw_config.get("quantization_config") or {}).get("weight_block_size", (128, 128)))
-    state = {name: _read_tensor(files, stored, source, block).to(device=device, dtype=_target_dtype(name, dtype))
-             for name, source in sources.items()}
+    block = tuple(quant.get("weight_block_size", FP8_BLOCK))
+    state = {}
+    for name, source in sources.items():
+        if name in layouts:
+            q, scale = _read_quantized(files, stored, source, layouts[name])
+            kind, G = plans[name]
+            model.set_submodule(name.removesuffix(".weight"), quant_linear(kind, q, scale, G, dtype))
+        else:
+            t = _read_tensor(files, stored, source, block)
+            state[name] = t.to(device=device, dtype=_target_dtype(name, dtype))
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -220,14 +302,27 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     return model.eval()
 
 
+def _int_format(quant: dict, path: Path) -> tuple[str | None, int]:
+    """("int8" or "int4", group size) for a checkpoint `save_quantized` wrote; (None, 0) for any other."""
+    if quant.get("quant_method") != "nanoseek":
+        return None, 0
+    fmt = quant.get("format")
+    if fmt not in ("int8", "int4"):
+        raise CheckpointError(f"{path / CONFIG}: quantization_config format {fmt!r}, expected 'int8' or 'int4'")
+    group_size = quant.get("group_size") if fmt == "int4" else 0
+    if fmt == "int4" and group_size not in INT4_GROUP_SIZES:
+        raise CheckpointError(f"{path / CONFIG}: int4 group_size {group_size!r}, expected one of {INT4_GROUP_SIZES}")
+    return fmt, group_size
+
+
 def _match_names(stored: dict, config: ModelConfig, path: Path) -> tuple[dict[str, str], ModelConfig]:
-    """Our name -> the stored name of each weight (FP8 scales and the MTP layers' copies of the embedding and head
+    """Our name -> the stored name of each weight (scales and the MTP layers' copies of the embedding and head
     left out), and the config, without MTP modules when the weights have none."""
     hf_layout = any(name.startswith("model.") for name in stored)
     sources = {}
     for name in stored:
         ours = nanoseek_name(name, config) if hf_layout else name
-        if ours is not None and not name.endswith(SCALE_SUFFIX):
+        if ours is not None and not name.endswith((SCALE, SCALE_INV)):
             sources[ours] = name
     if config.tie_word_embeddings:
         sources.pop("lm_head.weight", None)  # a copy of embed_tokens.weight
@@ -277,7 +372,7 @@ def _open_weights(path: Path) -> dict[Path, object]:
     return files
 
 
-def _check_names_and_shapes(expected: dict[str, torch.Tensor], sources: dict[str, str], stored: dict,
+def _check_names_and_shapes(expected: dict[str, tuple], sources: dict[str, str], stored: dict,
                             files: dict, config: ModelConfig) -> None:
     """Every weight present, nothing else, each with its shape: from the headers alone."""
     missing = [name for name in expected if name not in sources]
@@ -289,23 +384,55 @@ def _check_names_and_shapes(expected: dict[str, torch.Tensor], sources: dict[str
     unexpected = [source for name, source in sources.items() if name not in expected]
     if unexpected:
         raise CheckpointError(f"unexpected tensor {unexpected[0]!r} in {stored[unexpected[0]]}")
-    for name, t in expected.items():
+    for name, want in expected.items():
         source = sources[name]
         shape = tuple(files[stored[source]].get_slice(source).get_shape())
-        if shape != tuple(t.shape):
-            raise CheckpointError(f"tensor {source!r} in {stored[source]} has shape {shape}, "
-                                  f"expected {tuple(t.shape)}")
+        if shape != want:
+            raise CheckpointError(f"tensor {source!r} in {stored[source]} has shape {shape}, expected {want}")
 
 
 def _read_tensor(files: dict, stored: dict, name: str, block: tuple[int, int]) -> torch.Tensor:
-    """One stored tensor; an FP8 one dequantized with its sibling `<name>_scale_inv`."""
+    """One stored float tensor; an FP8 one dequantized with its sibling `<name>_scale_inv`."""
     t = _get_tensor(files, stored, name)
-    scale = name + SCALE_SUFFIX
+    scale = name + SCALE_INV
     if scale in stored:
-        return dequantize_fp8(t, _get_tensor(files, stored, scale), block, name)
+        scale_inv = _get_tensor(files, stored, scale)
+        rows, cols = t.shape
+        _check_scale(scale, scale_inv, (math.ceil(rows / block[0]), math.ceil(cols / block[1])), torch.float32,
+                     stored[scale], f"for {tuple(t.shape)} in {block[0]}x{block[1]} blocks")
+        return dequantize_fp8(t, scale_inv, block)
     if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise CheckpointError(f"FP8 tensor {name!r} in {stored[name]} has no scale {scale!r}")
+    if not t.is_floating_point():
+        raise CheckpointError(f"tensor {name!r} in {stored[name]} is {t.dtype}, but config.json has no int8/int4 "
+                              f"quantization_config for it")
     return t
+
+
+def _read_quantized(files: dict, stored: dict, name: str, layout: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stored int8 / int4 weight and its `<name>_scale`, each checked against `layout` (quant.stored_layout)."""
+    q = _get_tensor(files, stored, name)
+    shape, dtype = layout[""]
+    if q.dtype != dtype:
+        raise CheckpointError(f"quantized tensor {name!r} in {stored[name]} is {q.dtype}, expected {dtype}")
+    scale_name = name + SCALE
+    if scale_name not in stored:
+        raise CheckpointError(f"quantized tensor {name!r} in {stored[name]} has no scale {scale_name!r}")
+    scale = _get_tensor(files, stored, scale_name)
+    _check_scale(scale_name, scale, *layout[SCALE], stored[scale_name], f"for {name!r} of {shape}")
+    return q, scale
+
+
+def _check_scale(name: str, scale: torch.Tensor, shape: tuple, dtype: torch.dtype, file: Path, context: str) -> None:
+    """A scale of the expected shape and dtype, every value finite and >= 0 (all-zero groups have scale 0)."""
+    if tuple(scale.shape) != tuple(shape) or scale.dtype != dtype:
+        raise CheckpointError(f"scale {name!r} in {file} is {scale.dtype} {tuple(scale.shape)}, expected {dtype} "
+                              f"{tuple(shape)} {context}")
+    bad = ~torch.isfinite(scale) | (scale < 0)
+    if bad.any():
+        first = tuple(bad.nonzero()[0].tolist())
+        raise CheckpointError(f"scale {name!r} in {file} holds {int(bad.sum())} non-finite or negative value(s), "
+                              f"the first {scale[first].item()} at {first}")
 
 
 def _get_tensor(files: dict, stored: dict, name: str) -> torch.Tensor:
@@ -313,19 +440,6 @@ def _get_tensor(files: dict, stored: dict, name: str) -> torch.Tensor:
         return files[stored[name]].get_tensor(name)
     except SafetensorError as e:
         raise CheckpointError(f"corrupt safetensors file {stored[name]}: cannot read {name!r}: {e}") from None
-
-
-def dequantize_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128),
-                   name: str = "weight") -> torch.Tensor:
-    """w = q * s with one scale s per block of block[0] x block[1] values (V3 §3.3.2); the last block of a row or
-    column may be partial. q: (rows, cols) float8_e4m3fn; scale_inv: (ceil(rows/b0), ceil(cols/b1)) float32."""
-    rows, cols = q.shape
-    if tuple(scale_inv.shape) != (math.ceil(rows / block[0]), math.ceil(cols / block[1])):
-        raise CheckpointError(f"{name + SCALE_SUFFIX!r} has shape {tuple(scale_inv.shape)}, expected "
-                              f"{(math.ceil(rows / block[0]), math.ceil(cols / block[1]))} for {tuple(q.shape)} "
-                              f"in {block[0]}x{block[1]} blocks")
-    scale = scale_inv.float().repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
-    return q.float() * scale
 
 
 def available_memory(device: str | torch.device) -> int | None:

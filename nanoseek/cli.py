@@ -116,11 +116,38 @@ def cost_run(args: argparse.Namespace) -> None:
         print(f"serving              ${per_m:.4f} per million output tokens at {args.serve_tps:g} tokens/s")
 
 
+def quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a checkpoint directory, ours or Hugging Face / DeepSeek layout")
+    p.add_argument("--to", required=True, metavar="FORMAT", dest="format",
+                   help="bf16, int8 (per-row scales), int4 (group-wise scales) or fp8 (DeepSeek's 128x128 blocks)")
+    p.add_argument("--group-size", type=int, default=64,
+                   help="int4: input columns per scale, 32, 64, 128 or 256 (default: 64)")
+    p.add_argument("--out", required=True, help="directory for the quantized checkpoint")
+
+
+def quantize_run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from nanoseek.checkpoint import load_checkpoint, save_quantized
+    from nanoseek.quant import check_format
+
+    check_format(args.format, args.group_size)
+    model = load_checkpoint(args.src)
+    extras = tuple(sorted(p for p in Path(args.src).iterdir()
+                          if p.is_file() and (p.name.startswith("tokenizer") or p.name == "special_tokens_map.json")))
+    out = save_quantized(model, args.out, args.format, args.group_size, extra_files=extras, progress=True)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
+    print(f"wrote {args.format} checkpoint to {out}: {size / 2**20:.1f} MiB of weights"
+          + (f", with {', '.join(p.name for p in extras)}" if extras else ""))
+
+
 COMMANDS = {
     "info": ("parameters, active fraction, KV cache bytes and FLOPs of a preset or checkpoint", info_args, info_run),
     "tokenizer": ("byte-level BPE with DeepSeek's special tokens and chat template", tokenizer_args, tokenizer_run),
     "cost": ("training FLOPs, device-hours and dollars; serving price per million tokens", cost_args, cost_run),
     "data": ("write verifiable reasoning problems with worked traces to a JSONL file", data_args, data_run),
+    "quantize": ("write a checkpoint as bf16, int8, int4 or FP8 (DeepSeek's block layout)", quantize_args,
+                 quantize_run),
 }
 
 

@@ -1,0 +1,142 @@
+"""One checkpoint as fp32, bf16, int8, int4 and fp8 side by side: size on disk, weight bytes in memory, held-out
+accuracy and decode tokens/s (V3 §3.3; DeepSeek credits 8-bit and 4-bit weights with -50% and -75% of memory).
+
+Every format takes the real path: `save_quantized` writes it and `load_checkpoint` loads it. int8 and int4 layers
+stay quantized in memory and run torch's CPU kernels, the rest of those models in bf16 as stored; bf16 and fp8 load
+as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
+scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
+
+Accuracy: greedy answers to held-out problems (`generate_mix(split="eval")`, or --eval-data, a JSONL from
+`nanoseek data`), prompted with the chat template and judged by the task's verifier on the text after </think>;
+it needs the checkpoint's tokenizer.json and prints n/a without one. Decode: tokens/s of batch-1 greedy decoding
+over the latent cache after a 32-token prompt; the formats take turns, --repeats rounds, and each keeps its best
+run, so a load that comes and goes on a shared machine hits them all alike.
+
+Usage: python benchmarks/quant_bench.py CKPT [--eval-data FILE] [--n 50] [--max-new-tokens 320] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
+from nanoseek.data import Problem, generate_mix, verify
+from nanoseek.infer.kv_cache import LatentCache
+from nanoseek.model import Transformer
+from nanoseek.quant import Int4Linear, Int8Linear, quantized_bytes
+from nanoseek.tokenizer import END_THINK, Tokenizer, chat_ids
+
+FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
+
+
+def weight_bytes(model: Transformer) -> int:
+    """Parameters, persistent buffers (the routing bias) and the quantized layers' buffers, each tensor once."""
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}
+    for m in model.modules():
+        if isinstance(m, (Int8Linear, Int4Linear)):
+            tensors.update({b.data_ptr(): b for b in m.buffers()})
+    return sum(t.nbytes for t in tensors.values())
+
+
+@torch.no_grad()
+def greedy(model: Transformer, prompts: list[list[int]], max_new_tokens: int, stop_id: int) -> list[list[int]]:
+    """Right-padded prefill of all prompts at once, then one token per row per step, each row at its own position."""
+    B, lengths = len(prompts), torch.tensor([len(p) for p in prompts])
+    L = int(lengths.max())
+    ids = torch.full((B, L), stop_id)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+    cache = LatentCache(model.config, B, L + max_new_tokens, dtype=model.embed_tokens.weight.dtype)
+    last = model(ids, torch.arange(L).expand(B, L), cache)[torch.arange(B), lengths - 1]
+    positions, out, done = lengths.clone(), [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        token = last.argmax(-1)
+        for i in (~done).nonzero().flatten().tolist():
+            out[i].append(int(token[i]))
+        done |= token == stop_id
+        if done.all():
+            break
+        last = model(token.unsqueeze(1), positions.unsqueeze(1), cache)[:, -1]
+        positions += 1
+    return out
+
+
+def accuracy(model: Transformer, tokenizer: Tokenizer, problems: list[Problem], max_new_tokens: int) -> float:
+    prompts = [chat_ids(tokenizer, [{"role": "user", "content": p.prompt}], add_generation_prompt=True)[0]
+               for p in problems]
+    responses = greedy(model, prompts, max_new_tokens, tokenizer.eos_id)
+    correct = 0
+    for problem, response in zip(problems, responses):
+        text = tokenizer.decode([t for t in response if t != tokenizer.eos_id])
+        correct += verify(problem, text.split(END_THINK, 1)[-1].strip())
+    return correct / len(problems)
+
+
+@torch.no_grad()
+def decode_tokens_per_second(model: Transformer, tokens: int) -> float:
+    prompt = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    cache = LatentCache(model.config, 1, 32 + tokens, dtype=model.embed_tokens.weight.dtype)
+    logits = model(prompt, torch.arange(32).unsqueeze(0), cache)
+    start = time.perf_counter()
+    for i in range(tokens):
+        logits = model(logits[:, -1].argmax(-1, keepdim=True), torch.tensor([[32 + i]]), cache)
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--eval-data", default=None, help="JSONL of problems (default: a generated held-out mix)")
+    parser.add_argument("--n", type=int, default=50, help="problems of the generated mix (default: 50)")
+    parser.add_argument("--max-new-tokens", type=int, default=320, help="longest answer (default: 320)")
+    parser.add_argument("--decode-tokens", type=int, default=64, help="tokens per decode-speed run (default: 64)")
+    parser.add_argument("--repeats", type=int, default=5, help="decode-speed rounds, the best counts (default: 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    src = Path(args.checkpoint)
+    tokenizer = Tokenizer.from_dir(src) if (src / "tokenizer.json").exists() else None
+    if args.eval_data:
+        lines = Path(args.eval_data).read_text(encoding="utf-8").splitlines()
+        problems = [Problem.from_row(json.loads(line)) for line in lines if line.strip()]
+    else:
+        problems = generate_mix(args.n, seed=0, split="eval")
+    model = load_checkpoint(src)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{src}: {params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, "
+          + (f"accuracy on {len(problems)} held-out problems" if tokenizer else "no tokenizer.json: accuracy n/a"))
+    rows, models = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in FORMATS:
+            out = Path(tmp) / fmt
+            if fmt == "fp32":
+                save_checkpoint(model, out)
+            else:
+                save_quantized(model, out, fmt)
+            disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+            loaded = load_checkpoint(out, dtype=None if fmt == "fp32" else torch.bfloat16)
+            held, bf16 = quantized_bytes(loaded)
+            acc = accuracy(loaded, tokenizer, problems, args.max_new_tokens) if tokenizer else None
+            rows.append((fmt, disk, weight_bytes(loaded), held / bf16 if bf16 else None, acc))
+            models.append(loaded)
+    speeds = [0.0] * len(models)
+    for _ in range(args.repeats + 1):  # the first round warms up
+        for i, loaded in enumerate(models):
+            speeds[i] = max(speeds[i], decode_tokens_per_second(loaded, args.decode_tokens))
+    bf16_disk = rows[1][1]
+    print(f"{'format':<7}{'disk MiB':>10}{'disk x':>8}{'memory MiB':>12}{'quantized x':>13}{'accuracy':>10}"
+          f"{'decode tok/s':>14}")
+    for (fmt, disk, memory, ratio, acc), tps in zip(rows, speeds):
+        print(f"{fmt:<7}{disk / 2**20:>10.2f}{disk / bf16_disk:>8.2f}{memory / 2**20:>12.2f}"
+              f"{(f'{ratio:.3f}' if ratio else '-'):>13}{(f'{100 * acc:.1f}%' if acc is not None else 'n/a'):>10}"
+              f"{tps:>14.1f}")
+
+
+if __name__ == "__main__":
+    main()
