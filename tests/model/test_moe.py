@@ -85,10 +85,10 @@ def test_bias_update_balances_skewed_router():
 
     first = load_of(bias)
     assert first.max() / first.mean() > 2
-    for _ in range(200):
-        bias = update_bias(bias, load_of(bias), gamma)
+    for step in range(200):  # like V3 §4.2, the update speed is lowered late in training
+        bias = update_bias(bias, load_of(bias), gamma if step < 150 else gamma / 5)
     final = load_of(bias, tokens=32768)
-    assert final.max() / final.mean() < 1.2
+    assert final.max() / final.mean() < 1.2, final.max() / final.mean()
 
 
 def test_balance_loss_matches_equations():
