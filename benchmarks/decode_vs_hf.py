@@ -1,0 +1,148 @@
+"""Greedy decoding: nanoseek's Engine against transformers' DeepseekV3ForCausalLM.generate, same weights, same run.
+
+Reference shape (no MTP), prompt 32 tokens, 128 new tokens, end of sequence ignored. Tokens/s counts new tokens
+over the whole call (prefill included, for both). Each measurement alternates the two and keeps the best of
+`--repeats`, so both see the same machine load; the outputs are checked equal. Also: KV cache bytes per token
+(what each actually allocates), and batch 1 against its physical limit, the bytes of the weights a token
+multiplies with over the machine's memory bandwidth.
+
+Usage: python benchmarks/decode_vs_hf.py [--threads 2] [--repeats 3] [--bf16-tokens 8] [--bandwidth-gbs 26]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+# Idle OpenMP threads sleep rather than spin, as the nanoseek command sets it (cli._passive_threads): on a CPU shared
+# with other work, spinning makes every multi-threaded product of both implementations many times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
+
+from nanoseek import load_checkpoint  # noqa: E402
+from nanoseek.cost import matmul_params_per_token  # noqa: E402
+from nanoseek.infer import Engine, EngineConfig, SamplingParams  # noqa: E402
+from nanoseek.infer.runner import PARALLEL_TOKENS  # noqa: E402
+
+REFERENCE = dict(vocab_size=4096, hidden_size=256, num_hidden_layers=4, first_k_dense_replace=1,
+                 num_attention_heads=8, q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                 v_head_dim=32, n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1,
+                 moe_intermediate_size=128, intermediate_size=512, n_group=4, topk_group=2,
+                 routed_scaling_factor=2.5, tie_word_embeddings=False, num_nextn_predict_layers=0)
+PROMPT = 32
+
+
+def models(dtype: torch.dtype):
+    """transformers builds the weights (with a routing bias, so that routing is not trivial); nanoseek loads the
+    very same checkpoint."""
+    torch.manual_seed(0)
+    hf = DeepseekV3ForCausalLM(DeepseekV3Config(**REFERENCE, num_key_value_heads=8)).eval()
+    with torch.no_grad():
+        for name, b in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.normal_(0, 0.05)
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = load_checkpoint(d)
+    return ours.to(dtype), hf.to(dtype)
+
+
+def hf_generate(hf, prompts: torch.Tensor, new: int) -> list[list[int]]:
+    out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[:, prompts.shape[1]:].tolist()
+
+
+def engine_generate(engine: Engine, prompts: torch.Tensor, new: int) -> list[list[int]]:
+    return engine.generate(prompts.tolist(), SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
+
+
+def best_pair(a, b, repeats: int):
+    """Best-of-`repeats` seconds of a and of b, alternating, and their last outputs."""
+    best = [float("inf"), float("inf")]
+    outs = [None, None]
+    for _ in range(repeats):
+        for i, fn in enumerate((a, b)):
+            start = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best, outs
+
+
+def kv_bytes_per_token(hf, ours) -> tuple[float, float]:
+    """Bytes each implementation's cache holds per token: transformers' DynamicCache after a forward, nanoseek's
+    block pool per token slot."""
+    ids = torch.randint(0, REFERENCE["vocab_size"], (1, PROMPT))
+    with torch.no_grad():
+        cache = hf(ids, use_cache=True).cache
+    hf_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    pool = Engine(ours, EngineConfig(cache_mb=1, prefix_cache=False)).pool
+    return hf_bytes / PROMPT, pool.bytes_per_block / pool.block_size
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} cores, load average {load}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new", type=int, default=128, help="new tokens per prompt (default 128)")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--bf16-tokens", type=int, default=8,
+                    help="new tokens for the bf16 rows (bf16 matmuls are very slow on CPUs without AMX); 0 skips")
+    ap.add_argument("--bandwidth-gbs", type=float, default=26.0, help="memory bandwidth for the batch-1 limit")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+    print(f"reference shape, prompt {PROMPT}, greedy; tokens/s = new tokens / wall time of the whole generate call, "
+          f"best of {args.repeats}; nanoseek runs forwards of < {PARALLEL_TOKENS} tokens on one thread")
+    print(f"{'dtype':<9}{'batch':>6}{'new':>5}{'nanoseek tok/s':>16}{'transformers tok/s':>20}{'ratio':>8}{'same':>6}")
+    rows = [(torch.float32, int(b), args.new) for b in args.batches.split(",")]
+    if args.bf16_tokens:
+        rows += [(torch.bfloat16, int(b), args.bf16_tokens) for b in args.batches.split(",")[:2]]
+    results = {}
+    for dtype in dict.fromkeys(d for d, _, _ in rows):
+        ours, hf = models(dtype)
+        for d, batch, new in rows:
+            if d != dtype:
+                continue
+            torch.manual_seed(batch)
+            prompts = torch.randint(0, REFERENCE["vocab_size"], (batch, PROMPT))
+            # built once, like the transformers model; no prefix cache, so every repeat prefills its prompts
+            engine = Engine(ours, EngineConfig(cache_mb=64, prefix_cache=False, max_seqs=max(64, batch)))
+            (t_ours, t_hf), (o_ours, o_hf) = best_pair(lambda: engine_generate(engine, prompts, new),
+                                                     lambda: hf_generate(hf, prompts, new), args.repeats)
+            results[dtype, batch] = batch * new / t_ours
+            print(f"{str(dtype).removeprefix('torch.'):<9}{batch:>6}{new:>5}{batch * new / t_ours:>16.1f}"
+                  f"{batch * new / t_hf:>20.1f}{t_hf / t_ours:>7.2f}x{'yes' if o_ours == o_hf else 'NO':>6}",
+                  flush=True)
+        if dtype == torch.float32:
+            hf_kv, ours_kv = kv_bytes_per_token(hf, ours)
+    print(f"KV cache per token (float32, all layers): nanoseek {ours_kv:.0f} B, transformers {hf_kv:.0f} B "
+          f"(both keep MLA's latent c_kv + k_rope; transformers decompresses every cached token's keys and values "
+          f"at each step, nanoseek attends in the latent space)")
+    weights = matmul_params_per_token(ours.config, mtp=False) * 4
+    limit = args.bandwidth_gbs * 1e9 / weights
+    if (torch.float32, 1) in results:
+        print(f"batch 1 limit: {weights / 1e6:.1f} MB of float32 weights per token at {args.bandwidth_gbs:.0f} GB/s "
+              f"= {limit:.0f} tok/s; nanoseek reaches {results[torch.float32, 1]:.0f} "
+              f"({results[torch.float32, 1] / limit:.1%})")
+    print(f"machine after: {machine()}")
+
+
+if __name__ == "__main__":
+    main()

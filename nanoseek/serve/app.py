@@ -1,0 +1,201 @@
+"""The HTTP API: OpenAI-compatible routes over the engine, with DeepSeek's conventions, and the chat page.
+
+`create_app(engine, config)` builds it; server.py runs it under uvicorn. Errors are OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`. The app fetches nothing from anywhere: FastAPI's /docs pages,
+which load their scripts from a CDN, are turned off, and the chat page's Content-Security-Policy lets it talk to
+this server only.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from nanoseek.errors import ConfigError, ServeError
+from nanoseek.infer import Engine
+from nanoseek.serve.auth import KeyCheck
+from nanoseek.serve.completions import Responder
+from nanoseek.serve.config import ServeConfig
+from nanoseek.serve.metrics import Metrics
+from nanoseek.serve.requests import check_model, parse_chat, parse_completion
+from nanoseek.serve.worker import EngineWorker
+
+PAGE = Path(__file__).parent / "static" / "index.html"
+PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+               413: "invalid_request_error", 429: "rate_limit_error"}
+PAGE_HEADERS = {
+    # inline script and style only, and requests to this server only: nothing from a CDN, nothing sent elsewhere
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
+    if engine.tokenizer is None:
+        raise ConfigError("the server needs a tokenizer: the checkpoint directory has no tokenizer.json")
+    tokenizer = engine.tokenizer
+    worker = EngineWorker(engine, config.max_queue)
+    metrics = Metrics()
+    check_key = KeyCheck(config.api_keys)
+    page = PAGE.read_text(encoding="utf-8")
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+    app.add_middleware(RequestCounter, metrics=metrics)
+
+    @app.exception_handler(ServeError)
+    async def serve_error(_request: Request, e: ServeError) -> JSONResponse:
+        return error_response(e)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, e: HTTPException) -> JSONResponse:
+        return error_response(ServeError(str(e.detail), e.status_code))
+
+    def authorize(request: Request) -> None:
+        check_key(request.headers.get("authorization"))
+
+    keyed = [Depends(authorize)]
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if worker.failed is not None or worker.draining:
+            return JSONResponse({"status": "failed" if worker.failed else "shutting down"}, 503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", dependencies=keyed)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(worker), media_type="text/plain; version=0.0.4")
+
+    def model_card() -> dict:
+        return {"id": config.model_name, "object": "model", "created": started, "owned_by": "nanoseek"}
+
+    @app.get("/v1/models", dependencies=keyed)
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}", dependencies=keyed)
+    async def model(model: str) -> dict:
+        check_model(model, config)
+        return model_card()
+
+    async def generate(request: Request, chat: bool) -> Response:
+        body = await read_json(request, config.max_body_bytes)
+        parse = parse_chat if chat else parse_completion
+        gen = parse(body, tokenizer, config, engine.config.max_seqs, engine.context)
+        job = await worker.open(gen.prompt, gen.params)
+        responder = Responder(chat, gen, job, tokenizer, config, metrics)
+        if gen.stream:
+            return EventStream(responder)
+        return await until_disconnect(request, responder)
+
+    @app.post("/v1/chat/completions", dependencies=keyed)
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, chat=True)
+
+    @app.post("/v1/completions", dependencies=keyed)
+    async def completions(request: Request) -> Response:
+        return await generate(request, chat=False)
+
+    return app
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    """The request body as a JSON object. A body over the limit is read to its end but not kept, so the client
+    gets its 413 instead of a connection reset."""
+    body, size = bytearray(), 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size <= limit:
+            body += piece
+    if size > limit:
+        raise ServeError(f"the request body is {size} bytes, over this server's limit of {limit}", 413,
+                         code="request_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ServeError(f"the request body is not JSON: {e}", 400, code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ServeError(f"the request body must be a JSON object, got {type(data).__name__}", 400,
+                         code="invalid_json")
+    return data
+
+
+async def until_disconnect(request: Request, responder: Responder) -> Response:
+    """A whole (not streamed) response, unless the client leaves first: then the generation is cancelled."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    collect, gone = asyncio.ensure_future(responder.collect()), asyncio.ensure_future(disconnected())
+    await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not collect.done():
+        collect.cancel()
+        await asyncio.gather(collect, return_exceptions=True)   # its cancellation, expected: the client is gone
+        return Response(status_code=499)                       # nginx's "client closed request", for the metrics
+    return JSONResponse(collect.result())
+
+
+def error_response(e: ServeError) -> JSONResponse:
+    kind = ERROR_TYPES.get(e.status, "server_error" if e.status >= 500 else "invalid_request_error")
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return JSONResponse({"error": {"message": str(e), "type": kind, "param": e.param, "code": e.code}}, e.status,
+                        headers=headers)
+
+
+class EventStream(StreamingResponse):
+    """A reply as server-sent events. It ends its responder however the response ends: a client that left before
+    the stream began never starts the event generator, so the generator's own cleanup would not run."""
+
+    def __init__(self, responder: Responder):
+        super().__init__(responder.stream(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.responder = responder
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.responder.end()
+
+
+class RequestCounter:
+    """ASGI middleware counting responses by path and status (a plain one: Starlette's BaseHTTPMiddleware would
+    get in the way of streaming and of noticing a client leave)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in PATHS else "other"
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.metrics.count_request(path, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

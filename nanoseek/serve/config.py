@@ -1,0 +1,41 @@
+"""The server's settings: one frozen dataclass; the CLI maps `nanoseek serve` flags onto it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nanoseek.errors import ConfigError
+from nanoseek.serve.pricing import Prices
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_name: str = "nanoseek"            # the id /v1/models lists and requests must name
+    host: str = "127.0.0.1"                 # loopback by default: reachable from this machine only
+    port: int = 8000
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: no key needed
+    prices: Prices = Prices()
+    tls_cert: str | None = None             # PEM certificate and key: serve HTTPS
+    tls_key: str | None = None
+    log_prompts: bool = False               # prompts and completions are never logged otherwise
+    max_queue: int = 256                    # requests waiting for their first token at most; more get 429
+    max_body_bytes: int = 1 << 20           # larger request bodies get 413
+    default_max_tokens: int = 4096          # max_tokens of a request that gives none (clipped to the context)
+
+    def __post_init__(self):
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and its key; got only the "
+                              + ("certificate" if self.tls_key is None else "key"))
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        for name in ("max_queue", "max_body_bytes", "default_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(not isinstance(k, str) or not k for k in self.api_keys):
+            raise ConfigError("API keys must be non-empty strings")
+        if not self.model_name:
+            raise ConfigError("model_name must not be empty")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"

@@ -1,0 +1,67 @@
+"""`nanoseek generate` and `nanoseek chat` (infer/terminal.py) on a tiny checkpoint."""
+import io
+
+import pytest
+from infer_models import TINY, greedy_reference, make_model
+
+from nanoseek import save_checkpoint
+from nanoseek.cli import main
+from nanoseek.infer import Engine, EngineConfig, SamplingParams
+from nanoseek.infer.terminal import ReplyPrinter, chat
+from nanoseek.tokenizer import render_chat
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("ckpt")
+    model = make_model(TINY.replace(vocab_size=tokenizer.vocab_size), seed=31)
+    save_checkpoint(model, path)
+    tokenizer.save(path)
+    return path, model
+
+
+def test_reply_printer_separates_reasoning_from_the_answer():
+    out = io.StringIO()
+    printer = ReplyPrinter(out)
+    for piece in ["<think>", "\nadd 2 and ", "2\n</think>", "\n\n", "The answer", " is 4."]:
+        printer.feed(piece)
+    printer.close()
+    assert printer.reasoning == "\nadd 2 and 2\n" and printer.answer == "The answer is 4."
+    assert "<think>" not in out.getvalue() and out.getvalue().index("add 2") < out.getvalue().index("answer is")
+
+
+def test_generate_streams_the_greedy_continuation(checkpoint, tokenizer, capsys):
+    path, model = checkpoint
+    main(["generate", str(path), "hello world", "--max-tokens", "12", "--temperature", "0", "--ignore-eos",
+          "--threads", "1"])
+    out = capsys.readouterr()
+    expected = greedy_reference(model, tokenizer.encode("hello world", add_bos=True), 12)
+    assert out.out == tokenizer.decode(expected).lstrip("\n") + "\n"
+    assert "12 tokens" in out.err and "prompt cache hit 0/" in out.err
+
+
+def test_generate_reports_bad_input_without_a_traceback(checkpoint, capsys):
+    path, _ = checkpoint
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(path), "hi", "--top-p", "0"])
+    assert e.value.code != 0 and "top_p must be in (0, 1], got 0.0" in capsys.readouterr().err
+
+
+def test_chat_keeps_the_conversation_and_resets(checkpoint, tokenizer):
+    path, model = checkpoint
+    engine = Engine(model, EngineConfig(cache_mb=2, block_size=4), tokenizer)
+    lines = iter(["hi", "and again", "/reset", "hi", "/exit"])
+    prompts = []
+    original = engine.add_request
+
+    def spy(prompt, params):
+        prompts.append(prompt)
+        return original(prompt, params)
+
+    engine.add_request = spy
+    out = io.StringIO()
+    chat(engine, tokenizer, SamplingParams(temperature=0, max_tokens=6), out=out, read=lambda _: next(lines))
+    first = tokenizer.encode(render_chat([{"role": "user", "content": "hi"}], add_generation_prompt=True))
+    assert prompts[0] == first and prompts[2] == first  # /reset started over
+    assert prompts[1][:len(first)] == first and len(prompts[1]) > len(first) + 2  # the history came along
+    assert "(new conversation)" in out.getvalue()
