@@ -1,18 +1,19 @@
 """Greedy decoding: nanoseek's Engine against transformers' DeepseekV3ForCausalLM.generate, same weights, same run.
 
 Reference shape (no MTP), prompt 32 tokens, 128 new tokens, end of sequence ignored. Tokens/s counts new tokens
-over the whole call (prefill included, for both). Each measurement alternates the two and keeps the best of
-`--repeats`, so both see the same machine load; the outputs are checked equal. Also: KV cache bytes per token
-(what each actually allocates), and batch 1 against its physical limit, the bytes of the weights a token
-multiplies with over the machine's memory bandwidth.
+over the whole call (prefill included, for both). The two run back to back `--repeats` times: the table shows
+each one's best tokens/s and the median ratio of the pairs, so a change of machine load between pairs does not
+count; the outputs are checked equal. Also: KV cache bytes per token (what each actually allocates), and batch 1
+against its physical limit, the bytes of the weights a token multiplies with over the memory bandwidth.
 
-Usage: python benchmarks/decode_vs_hf.py [--threads 2] [--repeats 3] [--bf16-tokens 8] [--bandwidth-gbs 26]
+Usage: python benchmarks/decode_vs_hf.py [--threads 2] [--repeats 5] [--bf16-tokens 8] [--bandwidth-gbs 26]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -61,16 +62,17 @@ def engine_generate(engine: Engine, prompts: torch.Tensor, new: int) -> list[lis
     return engine.generate(prompts.tolist(), SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
 
 
-def best_pair(a, b, repeats: int):
-    """Best-of-`repeats` seconds of a and of b, alternating, and their last outputs."""
-    best = [float("inf"), float("inf")]
-    outs = [None, None]
+def paired(a, b, repeats: int):
+    """Seconds of a and of b, run back to back `repeats` times, and their last outputs."""
+    times, outs = [], [None, None]
     for _ in range(repeats):
+        pair = []
         for i, fn in enumerate((a, b)):
             start = time.perf_counter()
             outs[i] = fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best, outs
+            pair.append(time.perf_counter() - start)
+        times.append(pair)
+    return times, outs
 
 
 def kv_bytes_per_token(hf, ours) -> tuple[float, float]:
@@ -98,18 +100,19 @@ def machine() -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new", type=int, default=128, help="new tokens per prompt (default 128)")
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--bf16-tokens", type=int, default=8,
-                    help="new tokens for the bf16 rows (bf16 matmuls are very slow on CPUs without AMX); 0 skips")
+                    help="new tokens for the bf16 rows, batches 1 and 8 (bf16 matmuls are slow on CPUs without AMX); 0 skips")
     ap.add_argument("--bandwidth-gbs", type=float, default=26.0, help="memory bandwidth for the batch-1 limit")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     print(f"reference shape, prompt {PROMPT}, greedy; tokens/s = new tokens / wall time of the whole generate call, "
-          f"best of {args.repeats}; nanoseek runs forwards of < {PARALLEL_TOKENS} tokens on one thread")
+          f"best of {args.repeats}; ratio = median over the {args.repeats} back-to-back pairs; nanoseek runs "
+          f"forwards of < {PARALLEL_TOKENS} tokens on one thread")
     print(f"{'dtype':<9}{'batch':>6}{'new':>5}{'nanoseek tok/s':>16}{'transformers tok/s':>20}{'ratio':>8}{'same':>6}")
     rows = [(torch.float32, int(b), args.new) for b in args.batches.split(",")]
     if args.bf16_tokens:
@@ -124,12 +127,13 @@ def main():
             prompts = torch.randint(0, REFERENCE["vocab_size"], (batch, PROMPT))
             # built once, like the transformers model; no prefix cache, so every repeat prefills its prompts
             engine = Engine(ours, EngineConfig(cache_mb=64, prefix_cache=False, max_seqs=max(64, batch)))
-            (t_ours, t_hf), (o_ours, o_hf) = best_pair(lambda: engine_generate(engine, prompts, new),
-                                                     lambda: hf_generate(hf, prompts, new), args.repeats)
+            times, (o_ours, o_hf) = paired(lambda: engine_generate(engine, prompts, new),
+                                          lambda: hf_generate(hf, prompts, new), args.repeats)
+            t_ours, t_hf = min(t for t, _ in times), min(t for _, t in times)
+            ratio = statistics.median(h / o for o, h in times)
             results[dtype, batch] = batch * new / t_ours
             print(f"{str(dtype).removeprefix('torch.'):<9}{batch:>6}{new:>5}{batch * new / t_ours:>16.1f}"
-                  f"{batch * new / t_hf:>20.1f}{t_hf / t_ours:>7.2f}x{'yes' if o_ours == o_hf else 'NO':>6}",
-                  flush=True)
+                  f"{batch * new / t_hf:>20.1f}{ratio:>7.2f}x{'yes' if o_ours == o_hf else 'NO':>6}", flush=True)
         if dtype == torch.float32:
             hf_kv, ours_kv = kv_bytes_per_token(hf, ours)
     print(f"KV cache per token (float32, all layers): nanoseek {ours_kv:.0f} B, transformers {hf_kv:.0f} B "

@@ -9,6 +9,10 @@ adds the prefix and stores MTP module k as decoder layer `num_hidden_layers + k`
 DeepSeek's V3/R1 release stores most matrices in FP8 (e4m3) with one scale per 128x128 block (V3 §3.3.2) in a
 sibling `<name>_scale_inv` tensor; they are dequantized on load, w = q * scale.
 
+A dense grouped-query student (R1 §2.4 releases its distilled models in Llama's and Qwen's shapes) exports as
+transformers' LlamaForCausalLM instead: Llama's tensor names are ours with the `model.` prefix, and any Llama
+runtime loads it; `load_checkpoint` reads such a checkpoint back.
+
 `save_quantized` writes a model as bf16, int8, int4 (our layout, with a `quantization_config` in config.json) or
 FP8 (DeepSeek's layout and names, so it loads wherever their release loads); `nanoseek.quant` has the formats.
 int8 and int4 checkpoints load with those layers kept quantized in memory.
@@ -73,17 +77,19 @@ def nanoseek_name(name: str, config: ModelConfig) -> str | None:
 def save_checkpoint(model: Transformer, path: str | Path, format: str = "nanoseek",
                     max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write `model` to the directory `path` as safetensors + config.json, in our layout ("nanoseek") or the one
-    transformers' DeepseekV3ForCausalLM and DeepSeek's release use ("hf"). Shards when the weights pass
-    `max_shard_bytes`. Atomic: everything is written into a temporary directory beside `path`, which then replaces
-    it; other files already in `path` (tokenizer, metrics, ...) are kept."""
+    transformers' DeepseekV3ForCausalLM and DeepSeek's release use ("hf"; LlamaForCausalLM's for a dense
+    grouped-query student). Shards when the weights pass `max_shard_bytes`. Atomic: everything is written into a
+    temporary directory beside `path`, which then replaces it; other files already in `path` (tokenizer, metrics,
+    ...) are kept."""
     if format not in ("nanoseek", "hf"):
         raise CheckpointError(f"format must be 'nanoseek' or 'hf', got {format!r}")
     _check_not_quantized(model)
     config = model.config
     tensors = _state(model)
     if format == "hf":
+        hf_config = _llama_config if config.attention_type == "gqa" else _hf_config
         return _write_checkpoint(path, _hf_layout(tensors, config),
-                                 _hf_config(config, model.embed_tokens.weight.dtype), max_shard_bytes)
+                                 hf_config(config, model.embed_tokens.weight.dtype), max_shard_bytes)
     return _write_checkpoint(path, tensors, config.to_dict(), max_shard_bytes)
 
 
@@ -174,6 +180,26 @@ def _hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
     return d
 
 
+def _llama_config(config: ModelConfig, dtype: torch.dtype) -> dict:
+    """config.json of transformers' LlamaForCausalLM for a dense grouped-query model."""
+    moe_layers = sum(config.is_moe_layer(i) for i in range(config.num_hidden_layers))
+    if moe_layers or config.num_nextn_predict_layers:
+        raise CheckpointError(f"LlamaForCausalLM is dense without MTP; this model has {moe_layers} MoE layer(s) and "
+                              f"num_nextn_predict_layers={config.num_nextn_predict_layers}")
+    if config.rope_interleave or config.rope_scaling:
+        raise CheckpointError(f"LlamaForCausalLM rotates the two halves of each head, without YaRN; this model has "
+                              f"rope_interleave={config.rope_interleave}, rope_scaling={config.rope_scaling!r}")
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+            "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
+            "num_key_value_heads": config.kv_heads, "head_dim": config.attention_head_dim, "hidden_act": "silu",
+            "rope_theta": config.rope_theta, "rms_norm_eps": config.rms_norm_eps,
+            "max_position_embeddings": config.max_position_embeddings, "attention_bias": False, "mlp_bias": False,
+            "tie_word_embeddings": config.tie_word_embeddings, "initializer_range": config.initializer_range,
+            "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+            "torch_dtype": str(dtype).removeprefix("torch.")}
+
+
 def _write_weights(directory: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
     """One model.safetensors, or shards of at most max_shard_bytes each (a bigger tensor gets a shard to itself)
     plus Hugging Face's index: {"metadata": {"total_size"}, "weight_map": {name: file}}."""
@@ -239,12 +265,12 @@ def _replace_dir(new: Path, path: Path) -> None:
 # ---- load -------------------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                     max_bytes: int | None = None) -> Transformer:
-    """Load a checkpoint directory (ours, transformers' DeepseekV3, or DeepSeek's V3/R1 release with its MTP layer
-    and FP8 weights) into a Transformer in eval mode. `dtype` (default float32) is that of every weight; the routing
-    bias stays float32. Refuses, before allocating anything, weights larger than `max_bytes` (default: the memory
-    available on `device`). A config that asks for MTP modules the weights lack loads without them, with a notice.
-    An int8 / int4 checkpoint (`save_quantized`) loads with those layers as Int8Linear / Int4Linear, which run
-    torch's CPU kernels: on the CPU only."""
+    """Load a checkpoint directory (ours, transformers' DeepseekV3 or LlamaForCausalLM, or DeepSeek's V3/R1 release
+    with its MTP layer and FP8 weights) into a Transformer in eval mode. `dtype` (default float32) is that of every
+    weight; the routing bias stays float32. Refuses, before allocating anything, weights larger than `max_bytes`
+    (default: the memory available on `device`). A config that asks for MTP modules the weights lack loads without
+    them, with a notice. An int8 / int4 checkpoint (`save_quantized`) loads with those layers as Int8Linear /
+    Int4Linear, which run torch's CPU kernels: on the CPU only."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")

@@ -339,3 +339,26 @@ def test_hf_export_refuses_what_deepseek_v3_cannot_express(tmp_path):
     with pytest.raises(CheckpointError, match="softmax"):
         save_checkpoint(make_model(TINY.replace(scoring_func="softmax")), tmp_path / "ck", format="hf")
     assert not tmp_path.joinpath("ck").exists()
+
+
+def test_gqa_student_exports_as_llama_and_loads_back(tmp_path):
+    student = make_model(ModelConfig.from_preset("tiny-student").replace(vocab_size=64, num_hidden_layers=2))
+    save_checkpoint(student, tmp_path / "llama", format="hf")
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    assert (config["num_key_value_heads"], config["head_dim"], config["tie_word_embeddings"]) == (2, 32, True)
+    with safe_open(tmp_path / "llama" / "model.safetensors", "pt") as f:
+        assert set(f.keys()) == {"model." + name for name in student.state_dict() if name != "lm_head.weight"}
+    loaded = load_checkpoint(tmp_path / "llama")
+    assert loaded.config.attention_type == "gqa" and not loaded.moe_layers() and not len(loaded.mtp)
+    assert_same_state(student, loaded)
+
+
+@pytest.mark.parametrize("change, words", [(dict(rope_interleave=True), "rope_interleave=True"),
+                                           (dict(num_nextn_predict_layers=1), "num_nextn_predict_layers=1"),
+                                           (dict(n_routed_experts=4, first_k_dense_replace=1), "1 MoE layer")])
+def test_llama_export_refuses_what_llama_cannot_express(tmp_path, change, words):
+    config = ModelConfig.from_preset("tiny-student").replace(vocab_size=64, num_hidden_layers=2, **change)
+    with pytest.raises(CheckpointError, match=words):
+        save_checkpoint(make_model(config), tmp_path / "ck", format="hf")
+    assert not tmp_path.joinpath("ck").exists()

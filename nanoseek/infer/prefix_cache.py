@@ -12,7 +12,8 @@ key covers one token more (`lookahead`).
 Blocks nobody holds stay in the pool, least recently used first, and are reused only when space runs out
 (kv_cache.BlockPool). With a directory, every keyed block is also written there as safetensors, named by its
 key, and a prompt whose blocks are on disk but no longer in memory loads them back; the key's root mixes in
-a fingerprint of the model and of the cache layout, so another model never reads them.
+a fingerprint of the model and of the cache layout, so another model never reads them. The engine never deletes
+those files: remove the directory to empty it.
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ class PrefixCache:
         self.root = root
         self.directory = Path(directory) if directory is not None else None
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InferenceError(f"cannot use {self.directory} as the prefix cache directory: {e}") from None
 
     def hasher(self):
         """The hash state of the empty prefix; `key` extends a copy of it block by block."""

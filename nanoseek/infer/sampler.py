@@ -19,6 +19,7 @@ from nanoseek.errors import InferenceError
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How one request samples; the defaults are OpenAI's (temperature 1, nothing truncated or penalized)."""
     max_tokens: int = 256                      # new tokens at most (fewer when the context fills up)
     temperature: float = 1.0                   # 0: greedy
     top_k: int = 0                             # keep the k most likely tokens; 0: all

@@ -6,7 +6,7 @@ from infer_models import TINY, make_model
 from nanoseek.config import ModelConfig
 from nanoseek.errors import NanoseekError
 from nanoseek.infer.kv_cache import BlockPool, PagedBatch
-from nanoseek.infer.runner import Runner
+from nanoseek.infer.runner import PARALLEL_TOKENS, Runner, threads_for
 
 CONFIGS = {
     "mla_q_lora": TINY,
@@ -113,3 +113,12 @@ def test_mtp_over_the_pool_matches_the_models_mtp_step():
         batch = PagedBatch(pool, tables, [0, 0], [16, 16])
         _, got = runner.mtp(runner.hidden(ids[:, :16], batch), ids[:, 1:], batch)
     assert (got.view(2, 16, -1) - expected).abs().max() < 1e-4
+
+
+def test_forwards_over_few_tokens_run_on_one_thread():
+    torch.set_num_threads(2)  # the suite's fixture puts it back
+    with threads_for(8):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with threads_for(PARALLEL_TOKENS):
+        assert torch.get_num_threads() == 2

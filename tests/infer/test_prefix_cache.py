@@ -99,7 +99,6 @@ def test_changed_weights_drop_the_cached_prefixes(model):
     assert run(engine, a) == (greedy_reference(local, a, 6), 0)
 
 
-@pytest.mark.slow
 def test_a_shared_1024_token_prefix_prefills_at_least_5x_faster():
     model = make_model(TINY.replace(max_position_embeddings=2048), seed=14)
     engine = Engine(model, EngineConfig(cache_mb=32, block_size=16))

@@ -1,0 +1,373 @@
+"""`nanoseek run`: the DeepSeek-R1 recipe (arXiv 2501.12948) end to end, in miniature, on the built-in data.
+
+    pretrain ──> r1-zero        GRPO straight from the base (§2.2), a branch kept for comparison
+        └──────> sft            cold start on worked reasoning traces (§2.3.1)
+                 └─> grpo       reasoning RL, with the language-consistency reward (§2.3.2)
+                     └─> rejection-sft   rejection sampling from grpo, then SFT on what was kept (§2.3.3)
+                         └─> grpo-final  a last RL stage (§2.3.4)
+                             ├─> distill         the dense tiny-student, fine-tuned on its verified answers (§2.4)
+                             └─> quantize-int8, quantize-int4   its weights, int8 and int4 (`nanoseek quantize`)
+
+Every stage writes a checkpoint folder OUT/<stage>/ (loads in the engine, the server and the HF export) and is then
+evaluated on the same held-out problems, greedily. OUT/report.md (a table, the plots) and OUT/report.json gather the
+results. OUT/<stage>/stage.json marks a stage done, so running the command again skips what is finished and
+resumes a stage that was interrupted. The stages are a list.
+
+Departure from the paper: R1 §2.3.3 fine-tunes the base model again on the rejection-sampled data; at this scale
+and budget we continue from the RL checkpoint (rejection-sampling fine-tuning), which the final RL stage then
+refines. R1-Zero's prompt is the base model's own format, worked examples of the task before the question
+(R1 §2.2.1 gives a base model a plain-text template; ours is the pretraining documents' layout).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nanoseek.atomic import write_atomic
+from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
+from nanoseek.config import ModelConfig
+from nanoseek.cost import flops_per_token, measure_matmul_peak
+from nanoseek.data.tasks import generate_mix, save_jsonl
+from nanoseek.errors import ConfigError
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.train.data import eval_problems
+from nanoseek.train.distill import (DEFAULT_TRAIN as DISTILL_TRAIN, TRACES, DistillConfig, distill, student_model,
+                                    teacher_traces)
+from nanoseek.train.evaluate import EvalConfig, evaluate
+from nanoseek.train.grpo import DEFAULT_TRAIN as GRPO_TRAIN, GRPOConfig, grpo
+from nanoseek.train.loop import TrainConfig, TrainResult
+from nanoseek.train.metrics import METRICS, read_metrics
+from nanoseek.train.plot import plot_run
+from nanoseek.train.pretrain import DEFAULT_TRAIN as PRETRAIN_TRAIN, PretrainConfig, pretrain
+from nanoseek.train.rejection import RejectionConfig, rejection_sample
+from nanoseek.train.sft import DEFAULT_TRAIN as SFT_TRAIN, SFTConfig, sft
+from nanoseek.train.state import TRAINER, checkpoint_dirs, latest_checkpoint
+
+STAGE = "stage.json"      # a stage's record: written last, so its presence means the stage is done
+TRAINED = "trained.json"  # a stage's training figures, written before its evaluation
+REJECTION_SEED = 31337    # rejection sampling's questions: train-split problems none of the other stages drew
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str                       # "pretrain", "sft", "grpo", "rejection-sft", "distill" or "quantize"
+    init: str | None                # the stage whose checkpoint this one starts from
+    settings: object                # the stage's config (PretrainConfig, SFTConfig, GRPOConfig, RejectionSFT,
+                                    # DistillConfig) or, to quantize, the format
+    train: TrainConfig | None       # None: a stage that does not train (quantize)
+    few_shot: int = 0               # the evaluation prompt: the template the stage was trained with
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class RejectionSFT:
+    """The rejection-sft stage's settings: how many train-split questions to sample, how, and the SFT after."""
+    questions: int
+    sampling: RejectionConfig
+    sft: SFTConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    stages: tuple[Stage, ...]
+    eval_problems: int = 200        # held-out problems, the same for every stage
+    eval_max_new_tokens: int = 192  # the worked traces take up to ~120 tokens
+
+
+def recipe(size: str = "default") -> Recipe:
+    """The stages and budgets of `nanoseek run` ("default", "quick" or the CI's "smoke")."""
+    if size not in RECIPE_SIZES:
+        raise ConfigError(f"recipe {size!r}: expected one of {RECIPE_SIZES}")
+    steps = {"default": dict(pretrain=300, sft=150, zero=30, grpo=60, rft=40, final=30, questions=384, evals=200),
+             "quick": dict(pretrain=90, sft=60, zero=8, grpo=16, rft=12, final=8, questions=96, evals=100),
+             "smoke": dict(pretrain=2, sft=2, zero=2, grpo=2, rft=2, final=2, questions=4, evals=4)}[size]
+    smoke = size == "smoke"
+    grpo_base = GRPOConfig(prompts_per_step=2, group_size=4, max_new_tokens=16) if smoke else GRPOConfig()
+    short = dict(batch_size=4, save_every=1) if smoke else {}
+
+    def budget(base: TrainConfig, steps: int, **changes) -> TrainConfig:
+        changes = {"max_steps": steps, "warmup_steps": min(base.warmup_steps, steps // 5),
+                   "save_every": max(1, steps // 2), **changes, **short}
+        return dataclasses.replace(base, **changes)
+
+    rl_rewards = "accuracy=1,format=0.5,language=0.1"
+    # R1 §2.4: the teacher answers these train-split questions 4 times each; the student takes these SFT steps
+    student = {"default": dict(questions=1024, steps=400), "quick": dict(questions=256, steps=120),
+               "smoke": dict(questions=4, steps=2)}[size]
+    stages = (
+        Stage("pretrain", "pretrain", None, PretrainConfig(seq_len=64 if smoke else 256),
+              budget(PRETRAIN_TRAIN, steps["pretrain"]), few_shot=1,
+              about="next-token + MTP pretraining on text and worked problems"),
+        Stage("r1-zero", "grpo", "pretrain", dataclasses.replace(grpo_base, few_shot=1),
+              budget(GRPO_TRAIN, steps["zero"]), few_shot=1,
+              about="GRPO from the base; accuracy + format rewards"),
+        Stage("sft", "sft", "pretrain", SFTConfig(seq_len=64 if smoke else 512), budget(SFT_TRAIN, steps["sft"]),
+              about="cold start on worked reasoning traces"),
+        Stage("grpo", "grpo", "sft", dataclasses.replace(grpo_base, rewards=rl_rewards),
+              budget(GRPO_TRAIN, steps["grpo"]),
+              about="reasoning RL; accuracy + format + language-consistency rewards"),
+        Stage("rejection-sft", "rejection-sft", "grpo",
+              RejectionSFT(steps["questions"], RejectionConfig(checkpoint="", prompts="", k=4, seed=REJECTION_SEED,
+                                                               max_new_tokens=16 if smoke else 192),
+                           SFTConfig(seq_len=64 if smoke else 512)),
+              budget(SFT_TRAIN, steps["rft"], lr=3e-4),
+              about=f"rejection sampling of {steps['questions']} questions x 4, then SFT on what is kept"),
+        Stage("grpo-final", "grpo", "rejection-sft", dataclasses.replace(grpo_base, rewards=rl_rewards),
+              budget(GRPO_TRAIN, steps["final"]), about="the last RL stage"),
+        Stage("distill", "distill", "grpo-final",
+              DistillConfig(student="tiny-student", prompts=student["questions"], max_new_tokens=16 if smoke else 192,
+                            seq_len=64 if smoke else 512),
+              budget(DISTILL_TRAIN, student["steps"]),
+              about=f"tiny-student trained on grpo-final's verified answers to {student['questions']} questions x 4"),
+        Stage("quantize-int8", "quantize", "grpo-final", "int8", None, about="grpo-final's weights in int8"),
+        Stage("quantize-int4", "quantize", "grpo-final", "int4", None, about="grpo-final's weights in int4"),
+    )
+    return Recipe(stages, eval_problems=steps["evals"], eval_max_new_tokens=16 if smoke else 192)
+
+
+RECIPE_SIZES = ("default", "quick", "smoke")
+
+
+@dataclass
+class Context:
+    out: Path
+    recipe: Recipe
+    peak: float                     # this machine's measured matmul FLOP/s, the MFU's denominator
+    records: dict[str, dict] = field(default_factory=dict)
+
+
+def run(out: str | Path, size: str = "default") -> list[dict]:
+    """Run (or finish) the recipe into `out`; returns the stage records also written to OUT/report.json."""
+    out = Path(out)
+    plan = recipe(size)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "recipe.json"
+    if saved.exists() and json.loads(saved.read_text())["size"] != size:
+        raise ConfigError(f"{out} holds a {json.loads(saved.read_text())['size']!r} run; finish it with the same "
+                          f"setting or choose another --out")
+    write_atomic(saved, json.dumps({"size": size}) + "\n")
+    with torch.random.fork_rng(devices=[]):
+        ctx = Context(out, plan, measure_matmul_peak())
+    for stage in plan.stages:
+        ctx.records[stage.name] = run_stage(ctx, stage)
+        write_report(ctx)
+    return [ctx.records[s.name] for s in plan.stages]
+
+
+def run_stage(ctx: Context, stage: Stage) -> dict:
+    """A stage's record: read back when the stage is done, else trained (or resumed), evaluated and saved."""
+    folder = ctx.out / stage.name
+    if (folder / STAGE).is_file():
+        print(f"== {stage.name}: done already ({folder / STAGE})", flush=True)
+        return json.loads((folder / STAGE).read_text())
+    if (folder / TRAINED).is_file():
+        trained = json.loads((folder / TRAINED).read_text())
+    else:
+        print(f"== {stage.name}: {stage.about}", flush=True)
+        trained = KINDS[stage.kind](ctx, stage, folder)
+        write_atomic(folder / TRAINED, json.dumps(trained, indent=1) + "\n")
+    print(f"== {stage.name}: evaluating on {ctx.recipe.eval_problems} held-out problems", flush=True)
+    start = time.perf_counter()
+    model = load_checkpoint(folder)
+    figures = evaluate(model, Tokenizer.from_dir(folder), eval_problems(ctx.recipe.eval_problems),
+                       EvalConfig(n=ctx.recipe.eval_problems, max_new_tokens=ctx.recipe.eval_max_new_tokens,
+                                  few_shot=stage.few_shot, batch_size=100, mtp_sequences=0))
+    if (folder / METRICS).is_file():
+        plot_run(folder)
+    flops = trained["flops"]
+    record = {"name": stage.name, "init": stage.init, "accuracy": figures["accuracy"],
+              "format_rate": figures["format_rate"], "mean_length": figures["mean_response_tokens"],
+              "accuracy_by_task": figures["accuracy_by_task"], "eval_prompt": figures["prompt"],
+              "seconds": trained["seconds"], "eval_seconds": time.perf_counter() - start,
+              "tokens": trained["tokens"], "generated_tokens": trained.get("generated_tokens", 0), "flops": flops,
+              "mfu": flops / trained["seconds"] / ctx.peak, "device_hours": trained["seconds"] / 3600,
+              "checkpoint": str(folder), **{k: v for k, v in trained.items() if k not in RECORD_KEYS}}
+    write_atomic(folder / STAGE, json.dumps(record, indent=1) + "\n")
+    print(f"== {stage.name}: accuracy {record['accuracy']:.1%}, format rate {record['format_rate']:.1%}, "
+          f"{record['seconds'] / 60:.1f} min", flush=True)
+    return record
+
+
+RECORD_KEYS = ("seconds", "tokens", "generated_tokens", "flops")
+
+
+def _train_stage(ctx: Context, stage: Stage, folder: Path, run_fn: Callable, settings) -> dict:
+    """Run a training stage into `folder`, resuming it when an earlier session left a checkpoint there."""
+    resume = (folder / "run.json").is_file() and bool(checkpoint_dirs(folder))
+    earlier = json.loads((latest_checkpoint(folder) / TRAINER).read_text())["elapsed_s"] if resume else 0.0
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)  # an attempt that died before its first checkpoint: start it again
+    start = time.perf_counter()
+    result: TrainResult = run_fn(settings, stage.train, folder, resume=resume)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    seconds = time.perf_counter() - start + earlier
+    flops = result.mfu * result.elapsed_s * result.peak_flops if result.mfu is not None else 0.0
+    return {"seconds": seconds, "tokens": result.tokens, "flops": flops, "steps": result.step}
+
+
+def _init(ctx: Context, stage: Stage) -> str:
+    return str(ctx.out / stage.init)
+
+
+def run_pretrain(ctx: Context, stage: Stage, folder: Path) -> dict:
+    return _train_stage(ctx, stage, folder, pretrain, stage.settings)
+
+
+def run_sft(ctx: Context, stage: Stage, folder: Path) -> dict:
+    return _train_stage(ctx, stage, folder, sft, dataclasses.replace(stage.settings, init=_init(ctx, stage)))
+
+
+def run_grpo(ctx: Context, stage: Stage, folder: Path) -> dict:
+    trained = _train_stage(ctx, stage, folder, grpo, dataclasses.replace(stage.settings, init=_init(ctx, stage)))
+    rollouts = [r for r in read_metrics(folder / METRICS) if "reward" in r and "gen_tokens" in r]
+    config = load_checkpoint(folder).config
+    prompt, generated = sum(r["prompt_tokens"] for r in rollouts), sum(r["gen_tokens"] for r in rollouts)
+    # generation: the prompts' prefill once per question, then one decode step per new token (no MTP drafting)
+    context = (prompt / max(len(rollouts), 1) + generated / max(len(rollouts), 1) / stage.settings.group_size)
+    trained["flops"] += flops_per_token(config, int(context), training=False, mtp=False) * (prompt + generated)
+    trained["tokens"] += generated
+    trained["generated_tokens"] = generated
+    k = max(1, len(rollouts) // 5)   # the reward curve's two ends: the first and last fifth of the rollouts
+    for key in ("reward", "accuracy", "format_rate", "completion_len"):
+        trained[f"train_{key}_first"] = sum(r[key] for r in rollouts[:k]) / k if rollouts else None
+        trained[f"train_{key}_last"] = sum(r[key] for r in rollouts[-k:]) / k if rollouts else None
+    return trained
+
+
+def run_rejection_sft(ctx: Context, stage: Stage, folder: Path) -> dict:
+    """Rejection sampling from the init checkpoint into OUT/rejection/, then SFT on the kept rows (about two
+    epochs, R1 §2.3.3, within the stage's step budget). With no row kept there is nothing to fine-tune on: the
+    stage's checkpoint is then its init, and the record says so."""
+    data = ctx.out / "rejection"
+    start = time.perf_counter()
+    if not (data / "counts.json").is_file():
+        data.mkdir(parents=True, exist_ok=True)
+        save_jsonl(generate_mix(stage.settings.questions, REJECTION_SEED, "train"), data / "prompts.jsonl")
+        config = dataclasses.replace(stage.settings.sampling, checkpoint=_init(ctx, stage),
+                                     prompts=str(data / "prompts.jsonl"))
+        counts = rejection_sample(config, data / "samples.jsonl")
+        counts["seconds"] = time.perf_counter() - start
+        write_atomic(data / "counts.json", json.dumps(counts, indent=1) + "\n")
+    counts = json.loads((data / "counts.json").read_text())
+    config = load_checkpoint(ctx.out / stage.init).config
+    generated = counts["generated_tokens"]
+    sampling_flops = flops_per_token(config, counts["context"], training=False, mtp=False) * generated
+    if counts["kept"] == 0:
+        print(f"warning: {stage.name}: rejection sampling kept no completion; nothing to fine-tune on, so the "
+              f"checkpoint is {stage.init}'s", flush=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        shutil.copytree(ctx.out / stage.init, folder, ignore=shutil.ignore_patterns("checkpoints", STAGE, TRAINED))
+        return {"seconds": counts["seconds"], "tokens": generated, "flops": sampling_flops,
+                "generated_tokens": generated, "rows": 0, "rejection": counts}
+    steps = min(stage.train.max_steps, max(1, round(2 * counts["kept"] / stage.train.batch_size)))
+    sub = dataclasses.replace(stage, train=dataclasses.replace(stage.train, max_steps=steps,
+                                                               save_every=min(stage.train.save_every, steps)))
+    settings = dataclasses.replace(stage.settings.sft, init=_init(ctx, stage), data=(str(data / "samples.jsonl"),))
+    trained = _train_stage(ctx, sub, folder, sft, settings)
+    return {"seconds": trained["seconds"] + counts["seconds"], "tokens": trained["tokens"] + generated,
+            "flops": trained["flops"] + sampling_flops, "steps": trained["steps"], "generated_tokens": generated,
+            "rows": counts["kept"], "rejection": counts}
+
+
+def run_distill(ctx: Context, stage: Stage, folder: Path) -> dict:
+    """The teacher's verified answers into OUT/distill-traces/, then the student's SFT on them (R1 §2.4). With no
+    answer kept there is nothing to distil: the stage's checkpoint is then the untrained student, and the record
+    says so."""
+    settings = dataclasses.replace(stage.settings, teacher=_init(ctx, stage))
+    data = ctx.out / "distill-traces"
+    counts = teacher_traces(settings, data, stage.train.seed)
+    teacher = ModelConfig.load(_init(ctx, stage))
+    generated = counts["generated_tokens"]
+    sampling_flops = flops_per_token(teacher, counts["context"], training=False, mtp=False) * generated
+    sizes = {"parameters": ModelConfig.from_preset(settings.student).param_counts()["total"],
+             "teacher_parameters": teacher.param_counts()["total"], "rows": counts["kept"], "rejection": counts}
+    if counts["kept"] == 0:
+        print(f"warning: {stage.name}: {stage.init} kept no answer; nothing to distil, so the checkpoint is the "
+              f"untrained student", flush=True)
+        save_checkpoint(student_model(settings.student, teacher, stage.train.seed, torch.device("cpu")), folder)
+        Tokenizer.from_dir(ctx.out / stage.init).save(folder)
+        return {"seconds": counts["seconds"], "tokens": generated, "flops": sampling_flops,
+                "generated_tokens": generated, **sizes}
+    trained = _train_stage(ctx, stage, folder, distill, dataclasses.replace(settings, traces=str(data / TRACES)))
+    return {"seconds": trained["seconds"] + counts["seconds"], "tokens": trained["tokens"] + generated,
+            "flops": trained["flops"] + sampling_flops, "steps": trained["steps"], "generated_tokens": generated,
+            **sizes}
+
+
+def run_quantize(ctx: Context, stage: Stage, folder: Path) -> dict:
+    """The init checkpoint's weights in format stage.settings (`save_quantized`), its tokenizer beside them."""
+    start = time.perf_counter()
+    source = ctx.out / stage.init
+    tokenizer = tuple(p for p in source.iterdir() if p.name.startswith("tokenizer"))
+    save_quantized(load_checkpoint(source), folder, stage.settings, extra_files=tokenizer)
+    weight_bytes = {name: sum(f.stat().st_size for f in path.glob("*.safetensors"))
+                    for name, path in (("weight_bytes", folder), ("init_weight_bytes", source))}
+    return {"seconds": time.perf_counter() - start, "tokens": 0, "flops": 0.0, "steps": 0, **weight_bytes}
+
+
+KINDS: dict[str, Callable[[Context, Stage, Path], dict]] = {
+    "pretrain": run_pretrain, "sft": run_sft, "grpo": run_grpo, "rejection-sft": run_rejection_sft,
+    "distill": run_distill, "quantize": run_quantize}
+
+
+def write_report(ctx: Context) -> None:
+    """OUT/report.json and OUT/report.md from the records so far."""
+    records = [ctx.records[s.name] for s in ctx.recipe.stages if s.name in ctx.records]
+    write_atomic(ctx.out / "report.json", json.dumps({"stages": records}, indent=1) + "\n")
+    total = sum(r["seconds"] + r["eval_seconds"] for r in records)
+    lines = ["# The R1 recipe, end to end", "",
+             f"Held-out evaluation: the same {ctx.recipe.eval_problems} eval-split problems for every stage, greedy "
+             f"decoding, at most {ctx.recipe.eval_max_new_tokens} new tokens. FLOPs: 6 N per trained token and 2 N "
+             f"per generated one (`nanoseek.cost`); MFU against this CPU's measured matmul peak "
+             f"({ctx.peak / 1e9:.1f} GFLOP/s); one device. Prompts: "
+             + "; ".join(f"{r['name']} {r['eval_prompt']}" for r in records if r.get("eval_prompt") != "chat template")
+             + "; the others the chat template.", "",
+             "| stage | from | accuracy | format rate | mean length | wall time | tokens processed | FLOPs | MFU "
+             "| device-hours |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        lines.append(f"| {r['name']} | {r['init'] or '-'} | {r['accuracy']:.1%} | {r['format_rate']:.1%} "
+                     f"| {r['mean_length']:.0f} | {r['seconds'] / 60:.1f} min | {r['tokens']:,} "
+                     f"| {r['flops']:.2e} | {r['mfu']:.1%} | {r['device_hours']:.3f} |")
+    lines += ["", f"Total wall time, evaluations included: {total / 60:.1f} min.", ""]
+    for r in records:
+        if "train_reward_first" in r and r["train_reward_first"] is not None:
+            lines.append(f"- {r['name']}: training reward {r['train_reward_first']:.3f} → "
+                         f"{r['train_reward_last']:.3f}, "
+                         f"rollout accuracy {r['train_accuracy_first']:.1%} → {r['train_accuracy_last']:.1%} "
+                         f"(first and last fifth of the rollouts)")
+        if "rejection" in r:
+            c = r["rejection"]
+            lines.append(f"- {r['name']}: rejection sampling kept {c['kept']} of {c['samples']} completions "
+                         f"({c['questions_solved']} of {c['questions']} questions); rejected: {c['truncated']} "
+                         f"truncated, {c['format']} ill-formed, {c['language']} mixed-language, {c['incorrect']} "
+                         f"incorrect, {c['duplicate']} duplicates")
+        teacher = ctx.records.get(r["init"])
+        if "parameters" in r:
+            share = f"; {r['accuracy'] / teacher['accuracy']:.0%} of its accuracy" if teacher["accuracy"] else ""
+            lines.append(f"- {r['name']}: a dense student of {r['parameters']:,} parameters, "
+                         f"{r['parameters'] / r['teacher_parameters']:.2f}x {r['init']}'s {r['teacher_parameters']:,}"
+                         f"{share}")
+        if "weight_bytes" in r:
+            lines.append(f"- {r['name']}: {r['weight_bytes'] / 2**20:.2f} MiB of weights on disk, "
+                         f"{r['weight_bytes'] / r['init_weight_bytes']:.2f}x {r['init']}'s (float32, embeddings and "
+                         f"norms included); accuracy {100 * (r['accuracy'] - teacher['accuracy']):+.1f} points")
+    lines.append("")
+    for r in records:
+        folder = Path(r["checkpoint"])
+        plots = [p for p in ("reward.png", "length.png", "loss.png") if (folder / p).is_file()]
+        if plots:
+            lines += [f"## {r['name']}", "", *(f"![{r['name']} {p[:-4]}]({r['name']}/{p})" for p in plots), ""]
+    write_atomic(ctx.out / "report.md", "\n".join(lines))

@@ -1,0 +1,261 @@
+"""Evaluation of a checkpoint on verifiable problems, and of its MTP module on held-out text.
+
+- Accuracy: each response's answer (the text after `</think>`) judged by the task's verifier (`data.verify`).
+- Format rate: the share of responses shaped as R1's template asks, `<think>…</think>` then a non-empty answer
+  (R1 §2.2.2, the format reward).
+- With k samples per problem: pass@k (any sample correct) and maj@k (the most frequent answer correct, the
+  self-consistency vote R1 reports as cons@64), plus the mean accuracy over all samples.
+- MTP: how often module 1's prediction of the token after next matches the text (V3 §2.2; with greedy verification
+  it estimates the acceptance rate of self-speculative decoding, V3 §5.4.3 reports 85-90% for the second token),
+  and how often it agrees with the main model's own prediction of that token.
+
+A chat model is prompted with the chat template; a base model (`few_shot` > 0) with worked problems of the same
+task in its pretraining format, each closed by end-of-sequence, then the question. Generation is the plain batched
+loop over the latent cache (`generate`), greedy or sampled; the inference engine replaces it for serving.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from nanoseek.data.mix import render
+from nanoseek.data.problem import Problem, parse_number
+from nanoseek.data.tasks import TASKS, generate as generate_problems, verify
+from nanoseek.checkpoint import load_checkpoint
+from nanoseek.errors import ConfigError, DataError
+from nanoseek.infer.kv_cache import LatentCache
+from nanoseek.model import Transformer
+from nanoseek.tokenizer import Tokenizer, chat_ids
+from nanoseek.train.data import DIFFICULTY, EVAL_PROBLEMS, EVAL_SEED, eval_problems, heldout_sequences, text_source
+from nanoseek.train.default_tokenizer import default_tokenizer
+from nanoseek.train.stage import device_of
+from nanoseek.train.sft import read_rows
+
+THINK_THEN_ANSWER = re.compile(r"\s*<think>(.*?)</think>(.*)", re.S)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    data: str | None = None              # JSONL of problems; None: the generated held-out mix
+    n: int = EVAL_PROBLEMS               # problems of the generated mix
+    difficulty: int | None = DIFFICULTY  # of the generated mix and of few-shot examples
+    samples: int = 1                     # k responses per problem
+    temperature: float = 0.0             # 0: greedy
+    max_new_tokens: int = 320
+    few_shot: int = 0                    # worked examples in the prompt (for base models); 0: chat template
+    batch_size: int = 64                 # prompts per generation batch
+    mtp_sequences: int = 16              # held-out sequences for the MTP accuracy (0: skip)
+    seq_len: int = 256
+    seed: int = 0                        # sampling seed
+    device: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"samples {self.samples!r}: expected an int >= 1")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
+            raise ConfigError(f"temperature {self.temperature!r}: expected a number >= 0")
+        if self.samples > 1 and self.temperature == 0:
+            raise ConfigError(f"{self.samples} samples at temperature 0 would all be the same; give a temperature > 0")
+        for name in ("n", "max_new_tokens", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
+        if not isinstance(self.few_shot, int) or self.few_shot < 0:
+            raise ConfigError(f"few_shot {self.few_shot!r}: expected an int >= 0")
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_id: int,
+             temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Continue each prompt until `stop_id` (kept) or max_new_tokens, all rows in one batch over a LatentCache:
+    right-padded prefill, each row at its own positions, then one token per row per step."""
+    device = next(model.parameters()).device
+    B = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    L = int(lengths.max())
+    ids = torch.zeros((B, L), dtype=torch.long, device=device)  # padding: overwritten in the cache before it is seen
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p, device=device)
+    cache = LatentCache(model.config, B, L + max_new_tokens, dtype=model.embed_tokens.weight.dtype, device=device)
+    logits = model(ids, torch.arange(L, device=device).expand(B, L), cache)
+    last = logits[torch.arange(B, device=device), lengths - 1]
+    positions = lengths.clone()
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        token = sample(last, temperature, generator)
+        for i in (~done).nonzero().flatten().tolist():
+            out[i].append(int(token[i]))
+        done |= token == stop_id
+        if done.all():
+            break
+        last = model(token.unsqueeze(1), positions.unsqueeze(1), cache)[:, -1]
+        positions += 1
+    return out
+
+
+def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy at temperature 0, else a draw from softmax(logits / temperature). logits: (B, V) -> (B,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = (logits.float() / temperature).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def parse_response(text: str) -> tuple[bool, str]:
+    """(well formed, answer): well formed is `<think>…</think>` then a non-empty answer; the answer is the text
+    after the last `</think>` (the whole text when there is none)."""
+    m = THINK_THEN_ANSWER.fullmatch(text)
+    answer = text.rsplit("</think>", 1)[-1].strip()
+    return bool(m and answer and "<think>" not in m.group(2)), answer
+
+
+def answer_key(answer: str) -> object:
+    """What counts as the same answer in a majority vote: the value of a number, else the text without spaces."""
+    value = parse_number(answer)
+    return value if isinstance(value, Fraction) else re.sub(r"\s+", "", answer)
+
+
+def score(problems: Sequence[Problem], responses: Sequence[Sequence[str]], lengths: Sequence[Sequence[int]]) -> dict:
+    """Accuracy, format rate, mean response length, per-task accuracy, and with k > 1 pass@k and maj@k.
+    responses[i] are the k decoded responses to problems[i]; lengths[i] their token counts."""
+    k = len(responses[0])
+    first, all_correct, formats, passed, majority = [], [], [], [], []
+    by_task: dict[str, list[bool]] = {}
+    for problem, outs in zip(problems, responses):
+        parsed = [parse_response(text) for text in outs]
+        correct = [verify(problem, answer) for _, answer in parsed]
+        first.append(correct[0])
+        all_correct += correct
+        formats += [ok for ok, _ in parsed]
+        passed.append(any(correct))
+        votes = Counter(answer_key(a) for _, a in parsed if a)
+        if votes:
+            top = votes.most_common(1)[0][0]
+            majority.append(next(c for (_, a), c in zip(parsed, correct) if a and answer_key(a) == top))
+        else:
+            majority.append(False)
+        by_task.setdefault(problem.task, []).append(correct[0] if k == 1 else sum(correct) / k)
+    figures = {
+        "problems": len(problems),
+        "samples": k,
+        "accuracy": _mean(first) if k == 1 else _mean(all_correct),
+        "format_rate": _mean(formats),
+        "mean_response_tokens": _mean([n for row in lengths for n in row]),
+        "accuracy_by_task": {task: _mean(v) for task, v in sorted(by_task.items())},
+    }
+    if k > 1:
+        figures[f"pass@{k}"] = _mean(passed)
+        figures[f"maj@{k}"] = _mean(majority)
+    return figures
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def prompt_ids(tokenizer: Tokenizer, problem: Problem, shots: Sequence[Problem]) -> list[int]:
+    """The chat template with a generation prompt, or (with shots) worked problems in pretraining format, each
+    ended by end-of-sequence as in packing, then the question and a newline."""
+    if not shots:
+        return chat_ids(tokenizer, [{"role": "user", "content": problem.prompt}], add_generation_prompt=True)[0]
+    ids: list[int] = []
+    for shot in shots:
+        ids += tokenizer.encode(render(shot)) + [tokenizer.eos_id]
+    return ids + tokenizer.encode(problem.prompt + "\n")
+
+
+def few_shot_examples(task: str, k: int, difficulty: int | None) -> list[Problem]:
+    if k == 0 or task not in TASKS:
+        return []
+    return generate_problems(task, k, EVAL_SEED, "train", difficulty)
+
+
+@torch.no_grad()
+def mtp_accuracy(model: Transformer, tokens: torch.Tensor) -> dict[str, float]:
+    """MTP module 1 on sequences (n, T + 1): at position i it reads h_i and token t_{i+1} and predicts t_{i+2}.
+    `mtp_accuracy`: its argmax equals t_{i+2}; `mtp_agreement`: it equals the main model's argmax at i + 1 (the
+    acceptance test of self-speculative decoding with greedy verification)."""
+    device = next(model.parameters()).device
+    x = tokens[:, :-1].to(device)
+    targets = tokens[:, 1:].to(device)
+    h = model.hidden_states(x)
+    main = model.lm_head(model.norm(h)).argmax(-1)                                 # (n, T): predicts t_{i+1}
+    T = x.shape[1]
+    positions = torch.arange(T - 1, device=device).expand(x.shape[0], -1)
+    _, logits = model.mtp_step(0, h[:, :-1], x[:, 1:], positions)
+    draft = logits.argmax(-1)                                                       # (n, T-1): predicts t_{i+2}
+    return {"mtp_accuracy": (draft == targets[:, 1:]).float().mean().item(),
+            "mtp_agreement": (draft == main[:, 1:]).float().mean().item()}
+
+
+def load_problems(config: EvalConfig) -> list[Problem]:
+    if config.data is None:
+        return eval_problems(config.n, config.difficulty)
+    problems = [Problem.from_row(row) for row in read_rows(config.data)]
+    unknown = sorted({p.task for p in problems} - set(TASKS))
+    if unknown:
+        raise DataError(f"{config.data}: rows of unknown task(s) {unknown}; the verifiers know {sorted(TASKS)}")
+    return problems
+
+
+def evaluate(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Problem], config: EvalConfig) -> dict:
+    """All figures for `model` on `problems` (see the module docstring)."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    shots = {task: few_shot_examples(task, config.few_shot, config.difficulty) for task in {p.task for p in problems}}
+    prompts = [prompt_ids(tokenizer, p, shots[p.task]) for p in problems]
+    limit = model.config.max_position_embeddings
+    too_long = [i for i, p in enumerate(prompts) if len(p) + config.max_new_tokens > limit]
+    if too_long:
+        raise ConfigError(f"prompt {too_long[0]} has {len(prompts[too_long[0]])} tokens; with max_new_tokens "
+                          f"{config.max_new_tokens} it passes the model's {limit} positions")
+    jobs = sorted(((i, s) for i in range(len(problems)) for s in range(config.samples)), key=lambda j: len(prompts[j[0]]))
+    responses = [[""] * config.samples for _ in problems]
+    lengths = [[0] * config.samples for _ in problems]
+    with tqdm(total=len(jobs), desc="eval", unit="response", dynamic_ncols=True) as bar:
+        for start in range(0, len(jobs), config.batch_size):
+            chunk = jobs[start:start + config.batch_size]
+            outs = generate(model, [prompts[i] for i, _ in chunk], config.max_new_tokens, tokenizer.eos_id,
+                            config.temperature, generator)
+            for (i, s), ids in zip(chunk, outs):
+                lengths[i][s] = len(ids)
+                responses[i][s] = tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eos_id else ids)
+            bar.update(len(chunk))
+    figures = score(problems, responses, lengths)
+    figures["prompt"] = f"{config.few_shot}-shot" if config.few_shot else "chat template"
+    if config.mtp_sequences and len(model.mtp):
+        tokens = heldout_sequences(tokenizer, text_source(()), config.mtp_sequences, config.seq_len, config.difficulty)
+        if tokens is not None:
+            figures.update(mtp_accuracy(model, tokens))
+    return figures
+
+
+def evaluate_checkpoint(path: str | Path, config: EvalConfig) -> dict:
+    """Load checkpoint `path` (and the tokenizer beside it, else the default one) and evaluate it."""
+    problems = load_problems(config)  # a bad --data file fails before the model loads
+    model = load_checkpoint(path, device=device_of(config.device))
+    tokenizer = Tokenizer.from_dir(path) if (Path(path) / "tokenizer.json").is_file() else default_tokenizer()
+    return evaluate(model, tokenizer, problems, config)
+
+
+def format_report(figures: dict) -> str:
+    """The figures as aligned lines for the terminal."""
+    rows = [("prompt", figures["prompt"]), ("problems", f"{figures['problems']} x {figures['samples']} sample(s)"),
+            ("accuracy", f"{figures['accuracy']:.1%}")]
+    rows += [(f"  {task}", f"{acc:.1%}") for task, acc in figures["accuracy_by_task"].items()]
+    rows += [(k, f"{figures[k]:.1%}") for k in figures if k.startswith(("pass@", "maj@"))]
+    rows += [("format rate", f"{figures['format_rate']:.1%}"),
+             ("mean response length", f"{figures['mean_response_tokens']:.1f} tokens")]
+    if "mtp_accuracy" in figures:
+        rows += [("MTP next-next-token accuracy", f"{figures['mtp_accuracy']:.1%}"),
+                 ("MTP agreement with main model", f"{figures['mtp_agreement']:.1%}")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

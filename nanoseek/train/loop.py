@@ -1,0 +1,322 @@
+"""The one training loop. Every stage (pretraining, SFT, GRPO, distillation) supplies a batch source and a loss
+function and calls `train`; the loop owns everything else:
+
+- AdamW with linear warmup then cosine or warmup-stable-decay (`schedule`), gradient clipping, gradient
+  accumulation over micro-batches, optional bf16 autocast (CPU or CUDA);
+- DeepSeekMoE's auxiliary-loss-free balancing (V3 §2.1.2): after every optimizer step each routing bias moves by
+  γ towards balance, `model.update_routing_bias(γ)`; the sequence-wise balance loss α (V3 §2.3, Eq. 17) and the MTP
+  weight λ (V3 §2.2, Eq. 25) enter through `lm_loss`, the loss of every stage that trains on next tokens;
+- a progress bar (loss, tokens/s, ETA) and `metrics.jsonl`, one line per step: step, loss, mtp_loss, lr, grad_norm,
+  tokens_per_s, mfu (against this machine's measured matmul peak), per-layer expert load max/mean;
+- periodic evaluation, atomic checkpoints every `save_every` steps (the last `keep_last` kept), exact resume,
+  Ctrl-C (save, then stop), and skipping a step whose loss is not finite (abort after `max_bad_steps` in a row).
+
+Exact resume: the model, optimizer moments, step (hence the schedule), the batch source's position and the RNG
+states are all restored, and no step depends on anything else, so a resumed float32 CPU run ends with the same
+weights, bit for bit, as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import torch
+from tqdm import tqdm
+
+from nanoseek.cost import flops_per_token, measure_matmul_peak
+from nanoseek.errors import ConfigError, NanoseekError
+from nanoseek.model import Transformer
+from nanoseek.train.metrics import METRICS, MetricsLog, expert_load, truncate_metrics
+from nanoseek.train.schedule import warmup_cosine, warmup_stable_decay
+from nanoseek.train.state import latest_checkpoint, load_training_state, save_training_state
+
+SCHEDULES = ("cosine", "wsd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 300
+    batch_size: int = 16               # sequences per optimizer step (the global batch)
+    micro_batch_size: int = 0          # sequences per forward pass; 0: the whole batch at once
+    lr: float = 3e-3                   # peak learning rate
+    schedule: str = "cosine"           # "cosine" or "wsd" (warmup-stable-decay, V3 §4.2)
+    warmup_steps: int = 20
+    decay_fraction: float = 0.2        # wsd: the share of steps in the final decay
+    min_lr_ratio: float = 0.1          # the schedule ends at lr * min_lr_ratio (V3 §4.2: a tenth)
+    weight_decay: float = 0.1          # V3 §4.2
+    beta1: float = 0.9                 # V3 §4.2: AdamW with β = (0.9, 0.95)
+    beta2: float = 0.95
+    grad_clip: float = 1.0             # V3 §4.2: gradient-clipping norm 1.0
+    mtp_weight: float = 0.3            # λ, V3 §4.2 (0.3, later 0.1)
+    bias_update_speed: float = 0.001   # γ, V3 §4.2
+    balance_weight: float = 1e-4       # α of the sequence-wise balance loss, V3 §4.2
+    bf16: bool = False                 # bf16 autocast; weights, optimizer and routing bias stay float32
+    eval_every: int = 0                # 0: evaluate at the end only (when the stage gives an evaluation)
+    save_every: int = 100
+    keep_last: int = 2
+    max_bad_steps: int = 5             # consecutive non-finite losses before the run aborts
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate {self.lr!r}: expected a positive number")
+        for name in ("max_steps", "batch_size", "save_every", "keep_last", "max_bad_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
+        for name in ("micro_batch_size", "warmup_steps", "eval_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 0")
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                              f"{self.micro_batch_size}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
+        for name in ("decay_fraction", "min_lr_ratio", "mtp_weight", "bias_update_speed", "balance_weight",
+                     "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} {getattr(self, name)!r}: expected a number >= 0")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        if self.schedule == "wsd":
+            return warmup_stable_decay(step, self.max_steps, self.lr, self.warmup_steps,
+                                       round(self.decay_fraction * self.max_steps), self.min_lr_ratio)
+        return warmup_cosine(step, self.max_steps, self.lr, self.warmup_steps, self.min_lr_ratio)
+
+
+@dataclass
+class StepLoss:
+    """What a loss function returns for one micro-batch."""
+    loss: torch.Tensor           # the mean over this micro-batch's `count` units (target tokens, sequences)
+    count: int                   # micro-batches are weighted by it, so accumulation equals one big batch
+    logs: dict[str, float]       # extra figures for metrics.jsonl (e.g. mtp_loss), averaged with the same weights
+
+
+LossFn = Callable[[Transformer, dict[str, torch.Tensor]], StepLoss]
+
+
+class BatchSource(Protocol):
+    """An endless iterator of global batches (dicts of tensors, batch first) that can report and restore its
+    position: `state_dict()` must be JSON-serialisable. A batch with no rows is a step without an update (GRPO:
+    every group's rewards were equal). A source that does real work per batch (GRPO's rollouts) may also define
+    `logs() -> dict`: figures about the batch it just gave, written into that step's metrics line, which then also
+    gets `update_tokens_per_s`, the speed of the step less the time spent in the source."""
+
+    def __next__(self) -> dict[str, torch.Tensor]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    step: int                    # optimizer steps done
+    loss: float                  # the last step's loss
+    tokens: int                  # input tokens processed, over all sessions of the run
+    elapsed_s: float             # training time over all sessions (evaluation included)
+    tokens_per_s: float
+    mfu: float | None            # model FLOPs utilisation against peak_flops (None off CPU)
+    peak_flops: float | None     # the measured matmul FLOP/s of this CPU
+    interrupted: bool            # stopped by Ctrl-C; the last checkpoint holds the state
+    checkpoint: Path | None      # the newest training checkpoint
+
+
+def lm_loss(mtp_weight: float, balance_weight: float) -> LossFn:
+    """Next-token loss with MTP and the sequence-wise balance term, L = L_main + λ/D Σ_k L_MTP^k + α L_bal
+    (V3 Eq. 25 and 17), for batches of `input_ids` and `labels` (-100 where no loss is taken)."""
+
+    def loss_fn(model: Transformer, batch: dict[str, torch.Tensor]) -> StepLoss:
+        losses = model.losses(batch["input_ids"], batch["labels"])
+        logs = {"main_loss": losses.main.item(), "balance_loss": losses.balance.item()}
+        if losses.mtp:
+            logs["mtp_loss"] = sum(l.item() for l in losses.mtp) / len(losses.mtp)
+        return StepLoss(losses.total(mtp_weight, balance_weight), int((batch["labels"] != -100).sum()), logs)
+
+    return loss_fn
+
+
+def accumulate_gradients(model: Transformer, micro_batches: list[dict[str, torch.Tensor]], loss_fn: LossFn,
+                         bf16: bool = False) -> StepLoss | None:
+    """Forward and backward every micro-batch, leaving in .grad the gradient of the count-weighted mean loss over
+    all of them (what one forward over the whole batch would give). None when a loss is not finite or no micro-batch
+    has a unit to learn from; the caller then skips the step."""
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    count, loss_sum, logs = 0, 0.0, {}
+    for micro in micro_batches:
+        with autocast:
+            out = loss_fn(model, micro)
+        if out.count == 0:
+            continue
+        if not torch.isfinite(out.loss.detach()):
+            return None
+        (out.loss * out.count).backward()
+        count += out.count
+        loss_sum += out.loss.item() * out.count
+        for k, v in out.logs.items():
+            logs[k] = logs.get(k, 0.0) + v * out.count
+    if count == 0:
+        return None
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(count)
+    return StepLoss(torch.tensor(loss_sum / count), count, {k: v / count for k, v in logs.items()})
+
+
+def make_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (projections, experts, embeddings), none on norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+
+
+def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: TrainConfig, out: str | Path,
+          evaluate: Callable[[Transformer], dict[str, float]] | None = None, resume: bool = False,
+          desc: str = "train", postfix: Callable[[dict], dict[str, str]] | None = None) -> TrainResult:
+    """Train `model` in place for config.max_steps optimizer steps on `batches` (global batches of
+    config.batch_size sequences), writing metrics.jsonl and checkpoints/ into `out`. With `resume`, continue from
+    the newest checkpoint in `out`. `evaluate(model)` (in eval mode, under no_grad) returns figures merged into the
+    metrics line of every config.eval_every-th step and of the last step. `postfix(record)` gives the progress
+    bar's figures from a step's metrics line (default: loss, MTP loss, tokens/s, learning rate)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(model, config)
+    step, tokens, flops, elapsed, bad, checkpoint = 0, 0, 0.0, 0.0, 0, None
+    if resume:
+        checkpoint = latest_checkpoint(out)
+        trainer = load_training_state(checkpoint, model, optimizer)
+        batches.load_state_dict(trainer["data"])
+        step, tokens, flops = trainer["step"], trainer["tokens"], trainer["flops"]
+        elapsed, bad = trainer["elapsed_s"], trainer["bad_steps"]
+        truncate_metrics(out / METRICS, step)
+    elif (out / METRICS).exists():
+        (out / METRICS).unlink()
+    peak = _matmul_peak(device, config.bf16)
+    has_mtp = len(model.mtp) > 0 and config.mtp_weight > 0  # FLOPs of the MTP module when the loss trains it
+    last_loss = float("nan")
+    model.train()
+
+    def save(at: int) -> Path:
+        state = {"data": batches.state_dict(), "tokens": tokens, "flops": flops, "elapsed_s": elapsed,
+                 "bad_steps": bad, "config": dataclasses.asdict(config)}
+        return save_training_state(out, at, model, optimizer, state, config.keep_last)
+
+    interrupted = False
+    with _stop_on_sigint() as stop, MetricsLog(out / METRICS) as log, \
+            tqdm(total=config.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True) as bar:
+        while step < config.max_steps:
+            start = time.perf_counter()
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            fetch_s = time.perf_counter() - start
+            empty = batch["input_ids"].shape[0] == 0
+            lr = config.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro = config.micro_batch_size or config.batch_size
+            micro_batches = [dict(zip(batch, parts)) for parts in zip(*(v.split(micro) for v in batch.values()))]
+            result = None if empty else accumulate_gradients(model, micro_batches, loss_fn, config.bf16)
+            grad_norm = float("nan")
+            if result is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf")))
+            ok = result is not None and math.isfinite(grad_norm)
+            if ok:
+                optimizer.step()
+                bad = 0
+            elif not empty:
+                bad += 1
+            optimizer.zero_grad(set_to_none=True)
+            # V3 §2.1.2: the bias moves after each step by the load that step saw; a skipped step only resets the count
+            loads = model.update_routing_bias(config.bias_update_speed if ok else 0.0)
+            step += 1
+            n_tokens = batch["input_ids"].numel()
+            tokens += n_tokens
+            seconds = time.perf_counter() - start
+            elapsed += seconds
+            tokens_per_s = n_tokens / seconds
+            step_flops = flops_per_token(model.config, batch["input_ids"].shape[1], mtp=has_mtp) * n_tokens
+            flops += step_flops
+            mfu = step_flops / seconds / peak if peak else None
+            record = {"step": step, "loss": result.loss.item() if ok else None, "lr": lr,
+                      "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                      "tokens": tokens, "tokens_per_s": round(tokens_per_s, 1),
+                      "mfu": round(mfu, 5) if mfu is not None else None,
+                      "elapsed_s": round(elapsed, 2)}
+            if hasattr(batches, "logs"):
+                record.update(batches.logs())
+                record["update_tokens_per_s"] = round(n_tokens / max(seconds - fetch_s, 1e-9), 1)
+            if ok:
+                record.update({k: round(v, 6) for k, v in result.logs.items()})
+            else:
+                record["skipped"] = True
+            if not ok and not empty:
+                bar.write(f"warning: step {step}: loss or gradient not finite; step skipped "
+                          f"({bad} in a row, abort at {config.max_bad_steps})")
+                if bad >= config.max_bad_steps:
+                    raise NanoseekError(f"training diverged: {bad} steps in a row with a non-finite loss or gradient "
+                                        f"(last at step {step}, lr {lr:.3g}); lower the learning rate")
+            record.update(expert_load(loads))
+            if evaluate is not None and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
+                t = time.perf_counter()
+                model.eval()
+                with torch.no_grad():
+                    record.update(evaluate(model))
+                model.train()
+                elapsed += time.perf_counter() - t
+            log.write(record)
+            if ok:
+                last_loss = record["loss"]
+            bar.update(1)
+            bar.set_postfix(postfix(record) if postfix else
+                            dict(loss=f"{last_loss:.3f}", mtp=f"{record.get('mtp_loss', float('nan')):.3f}",
+                                 tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}"), refresh=False)
+            if step % config.save_every == 0 or stop.is_set():
+                checkpoint = save(step)
+            if stop.is_set():
+                interrupted = True
+                bar.write(f"interrupted: saved step {step} to {checkpoint}")
+                break
+    return TrainResult(step=step, loss=last_loss, tokens=tokens, elapsed_s=elapsed,
+                       tokens_per_s=tokens / elapsed if elapsed else 0.0,
+                       mfu=flops / elapsed / peak if elapsed and peak else None, peak_flops=peak,
+                       interrupted=interrupted, checkpoint=checkpoint)
+
+
+@functools.cache
+def _matmul_peak(device: torch.device, bf16: bool) -> float | None:
+    """The measured matmul FLOP/s that MFU is relative to: this CPU's, probed once per process (the probe's random
+    numbers come from a forked RNG, so the run's stream is untouched); None on other devices, which the probe does
+    not measure."""
+    if device.type != "cpu":
+        return None
+    with torch.random.fork_rng(devices=[]):
+        return measure_matmul_peak(torch.bfloat16 if bf16 else None)
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """Ctrl-C sets an event that the loop checks after each step (so it saves a whole step and stops); a second
+    Ctrl-C interrupts at once. Outside the main thread signals cannot be caught and Ctrl-C behaves as usual."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,131 @@
+"""Pretraining (V3 report §4.1-4.2 in miniature): next-token prediction with the MTP objective on natural text
+interleaved with worked synthetic problems, packed into fixed-length sequences with end-of-sequence separators.
+
+The text is the user's files or the standard library's docstrings; each epoch passes over its training split again
+with a fresh draw of problems (seed * 1000 + epoch), so no problem document repeats between epochs. The batch
+source's position is (epoch, the packer's documents consumed and offset): enough to rebuild the stream at the same
+token on resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from nanoseek.data.mix import SYNTHETIC_FRACTION, Packer, mix_documents
+from nanoseek.errors import ConfigError, DataError
+from nanoseek.model import Transformer
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.train.data import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
+from nanoseek.train.loop import TrainConfig, TrainResult, lm_loss, train
+from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, save_run,
+                                  stage_tokenizer)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    preset: str | None = "tiny"          # the shape of a fresh model; checked against --init when both are given
+    init: str | None = None              # continue from this checkpoint instead of random weights
+    data: tuple[str, ...] = ()           # text files (.txt, .jsonl, .parquet); none: the standard library's docstrings
+    seq_len: int = 256
+    synthetic_fraction: float = SYNTHETIC_FRACTION
+    difficulty: int | None = DIFFICULTY  # level of the synthetic problems (None: each task's own default)
+    val_sequences: int = 16              # held-out sequences for the validation loss
+    device: str | None = None            # None: cuda when available, else cpu
+
+    def __post_init__(self):
+        if not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise ConfigError(f"seq_len {self.seq_len!r}: expected an int >= 2")
+        if not isinstance(self.val_sequences, int) or self.val_sequences < 1:
+            raise ConfigError(f"val_sequences {self.val_sequences!r}: expected an int >= 1")
+
+
+# The calibrated default budget: about 8 minutes on 2 CPU cores for the tiny preset.
+DEFAULT_TRAIN = TrainConfig(max_steps=300, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50, save_every=100)
+
+
+class PretrainBatches:
+    """Global batches of `batch_size` packed sequences: input_ids (B, seq_len) and labels shifted by one."""
+
+    def __init__(self, text: Callable[[], Iterator[str]], tokenizer: Tokenizer, config: PretrainConfig,
+                 batch_size: int, seed: int):
+        self.text, self.tokenizer, self.config, self.batch_size, self.seed = text, tokenizer, config, batch_size, seed
+        self.load_state_dict({"epoch": 0, "packer": None})
+
+    def _packer(self, state: dict | None) -> Packer:
+        documents = mix_documents(split_text(self.text(), "train"), self.seed * 1000 + self.epoch,
+                                  self.config.synthetic_fraction, difficulty=self.config.difficulty)
+        return Packer(documents, self.tokenizer.encode, self.tokenizer.eos_id, self.config.seq_len, state)
+
+    def __iter__(self) -> PretrainBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        rows = []
+        fresh = False
+        while len(rows) < self.batch_size:
+            row = next(self.packer, None)
+            if row is not None:
+                rows.append(row)
+                fresh = False
+            elif fresh:
+                raise DataError(f"the training text is shorter than one sequence of {self.config.seq_len} tokens")
+            else:
+                self.epoch += 1
+                self.packer, fresh = self._packer(None), True
+        x = torch.tensor(rows)
+        return {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "packer": self.packer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.packer = self._packer(state["packer"])
+
+
+def validation_loss(model: Transformer, tokens: torch.Tensor) -> dict[str, float]:
+    """Main and MTP cross-entropy on held-out sequences (n, seq_len + 1)."""
+    tokens = tokens.to(next(model.parameters()).device)
+    losses = model.losses(tokens[:, :-1], tokens[:, 1:])
+    figures = {"val_loss": round(losses.main.item(), 5)}
+    if losses.mtp:
+        figures["val_mtp_loss"] = round(sum(l.item() for l in losses.mtp) / len(losses.mtp), 5)
+    return figures
+
+
+def pretrain(config: PretrainConfig, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    """Pretrain into `out` (see the module docstring); with `resume`, continue the run in `out` with the settings
+    saved there. Every input is checked before anything is written."""
+    out = Path(out)
+    check_out(out, resume)
+    if resume:
+        settings = load_run(out)
+        config, train_config = from_dict(PretrainConfig, settings["pretrain"]), from_dict(TrainConfig, settings["train"])
+    check_text_files(config.data)
+    model = initial_model(config.preset, config.init, train_config.seed, device_of(config.device))
+    if config.seq_len > model.config.max_position_embeddings:
+        raise ConfigError(f"seq_len {config.seq_len} exceeds the model's max_position_embeddings "
+                          f"{model.config.max_position_embeddings}")
+    tokenizer = stage_tokenizer(config.init, model.config)
+    text = text_source(config.data)
+    val = heldout_sequences(tokenizer, text, config.val_sequences, config.seq_len, config.difficulty)
+    batches = PretrainBatches(text, tokenizer, config, train_config.batch_size, train_config.seed)
+    if not resume:
+        save_run(out, {"stage": "pretrain", "pretrain": dataclasses.asdict(config),
+                       "train": dataclasses.asdict(train_config)})
+    result = train(model, batches, lm_loss(train_config.mtp_weight, train_config.balance_weight), train_config, out,
+                   evaluate=partial(validation_loss, tokens=val) if val is not None else None, resume=resume,
+                   desc="pretrain")
+    if not result.interrupted:
+        finish(model, tokenizer, out, "Pretraining", result, {
+            "model": f"{config.preset or config.init}, {sum(p.numel() for p in model.parameters()):,} parameters",
+            "data": ", ".join(config.data) or "standard-library docstrings",
+            "synthetic share": f"{config.synthetic_fraction:.0%} of documents (difficulty {config.difficulty})",
+            "batch": f"{train_config.batch_size} x {config.seq_len} tokens",
+        })
+    return result

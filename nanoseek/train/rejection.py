@@ -1,0 +1,107 @@
+"""Rejection sampling (R1 §2.3.3): sample k completions of each question from an RL checkpoint and keep only the
+verified-correct, well-formed ones, each distinct completion of a question once, as SFT data.
+
+A completion is kept when the task's verifier accepts its answer (the accuracy reward), it has the R1 shape
+(`<think>` and `</think>` once each, then an answer: the format reward), and its chain of thought is wholly in the
+target language (the language-consistency reward at 1; R1 §2.3.3 filters out mixed-language reasoning). The rows
+are problem rows, {"prompt", "reasoning", "answer", "task", ...} with the model's own reasoning and answer and the
+problem's verifier fields, so `nanoseek sft --data` reads them and `nanoseek eval --data` could re-check them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nanoseek.atomic import open_atomic
+from nanoseek.checkpoint import load_checkpoint
+from nanoseek.errors import ConfigError
+from nanoseek.infer import Engine, EngineConfig, SamplingParams
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.train.default_tokenizer import default_tokenizer
+from nanoseek.train.evaluate import EvalConfig, load_problems, prompt_ids
+from nanoseek.train.rewards import accuracy_reward, language_reward, split_completion
+from nanoseek.train.stage import device_of
+
+
+@dataclass(frozen=True)
+class RejectionConfig:
+    checkpoint: str                    # the model to sample from
+    prompts: str                       # JSONL of problems (`nanoseek data`)
+    k: int = 4                         # completions sampled per question
+    temperature: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self):
+        for name in ("k", "max_new_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ConfigError(f"temperature {self.temperature!r}: expected a number > 0 (k greedy samples would "
+                              "all be the same)")
+
+
+def judge(completion: str, problem) -> str:
+    """Why a completion is rejected ("format", "language", "incorrect"), or "kept"."""
+    parts = split_completion(completion)
+    if parts is None:
+        return "format"
+    if language_reward(completion) < 1:
+        return "language"
+    return "kept" if accuracy_reward(completion, problem) else "incorrect"
+
+
+def rejection_sample(config: RejectionConfig, out: str | Path) -> dict:
+    """Write the kept rows to `out` (JSONL, atomically); returns the counts: questions, samples, each rejection
+    reason (truncated at max_new_tokens, format, language, incorrect, duplicate), rows kept, questions with at
+    least one row, tokens generated and the mean length of prompt + completion."""
+    problems = load_problems(EvalConfig(data=config.prompts))   # a bad file fails before the model loads
+    out = Path(out)
+    model = load_checkpoint(config.checkpoint, device=device_of(config.device)).eval()
+    path = Path(config.checkpoint)
+    tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else default_tokenizer()
+    engine = Engine(model, EngineConfig(prefix_cache=False))
+    params = SamplingParams(temperature=config.temperature, max_tokens=config.max_new_tokens, n=config.k,
+                            stop_token_ids=(tokenizer.eos_id,))
+    # each question its own seeds: sample i of question j uses seed + j·k + i
+    requests = {engine.add_request(prompt_ids(tokenizer, p, []),
+                                   dataclasses.replace(params, seed=config.seed + j * config.k)): p
+                for j, p in enumerate(problems)}
+    counts = {"questions": len(problems), "samples": 0, "truncated": 0, "format": 0, "language": 0, "incorrect": 0,
+              "duplicate": 0, "kept": 0, "generated_tokens": 0}
+    context = 0
+    seen: set[tuple[str, str, str]] = set()
+    solved: set[int] = set()
+    with open_atomic(out) as f, tqdm(total=len(problems) * config.k, desc="rejection sampling", unit="sample",
+                                     dynamic_ncols=True) as bar:
+        for update in engine.stream(requests):
+            if update.finish_reason is None:
+                continue
+            problem, ids = requests[update.request_id], update.sequence.output_ids
+            finished = bool(ids) and ids[-1] == tokenizer.eos_id
+            text = tokenizer.decode(ids[:-1] if finished else ids)
+            verdict = judge(text, problem) if finished else "truncated"
+            counts["samples"] += 1
+            counts["generated_tokens"] += len(ids)
+            context += len(update.sequence.tokens)
+            if verdict == "kept":
+                reasoning, answer = split_completion(text)
+                key = (problem.prompt, reasoning, answer.strip())
+                if key in seen:
+                    verdict = "duplicate"
+                else:
+                    seen.add(key)
+                    solved.add(update.request_id)
+                    row = problem.to_row() | {"reasoning": reasoning, "answer": answer.strip()}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            counts[verdict] += 1
+            bar.update(1)
+            bar.set_postfix(kept=counts["kept"], refresh=False)
+    counts["questions_solved"] = len(solved)
+    counts["context"] = context // max(counts["samples"], 1)
+    return counts

@@ -1,0 +1,74 @@
+"""Tests for nanoseek/pipeline.py (`nanoseek run`): the smoke recipe end to end, what it writes, that every stage's
+checkpoint serves and exports, and that a second run redoes nothing; the quick recipe as a slow test."""
+import json
+import time
+
+import pytest
+
+from nanoseek.checkpoint import load_checkpoint, save_checkpoint
+from nanoseek.cli import main
+from nanoseek.infer import Engine, SamplingParams
+
+STAGES = ["pretrain", "r1-zero", "sft", "grpo", "rejection-sft", "grpo-final", "distill", "quantize-int8",
+          "quantize-int4"]
+FIELDS = {"name", "accuracy", "format_rate", "mean_length", "seconds", "tokens", "flops", "mfu", "device_hours",
+          "checkpoint"}
+
+
+def check_report(out):
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == STAGES
+    for s in stages:
+        assert FIELDS <= set(s), s["name"]
+        assert 0 <= s["accuracy"] <= 1 and 0 <= s["format_rate"] <= 1 and s["seconds"] > 0
+    report = (out / "report.md").read_text()
+    assert "| stage | from | accuracy | format rate | mean length | wall time | tokens processed |" in report
+    assert "![r1-zero reward](r1-zero/reward.png)" in report and (out / "r1-zero" / "reward.png").is_file()
+    return stages
+
+
+def test_smoke_run_end_to_end_and_again(tmp_path, capsys):
+    out = tmp_path / "r1"
+    main(["run", "--smoke", "--out", str(out)])
+    stages = check_report(out)
+    for s in stages:
+        engine = Engine(s["checkpoint"])
+        assert len(engine.generate([[0, 5, 6]], SamplingParams(max_tokens=3, seed=0))[0]) >= 1
+    for s in stages[:STAGES.index("distill") + 1]:  # the float checkpoints; the dense student exports as Llama
+        save_checkpoint(load_checkpoint(s["checkpoint"]), tmp_path / "hf" / s["name"], format="hf")
+        model_type = json.loads((tmp_path / "hf" / s["name"] / "config.json").read_text())["model_type"]
+        assert model_type == ("llama" if s["name"] == "distill" else "deepseek_v3")
+    student, int8, int4 = stages[-3:]
+    assert student["parameters"] <= student["teacher_parameters"] / 4
+    assert int4["weight_bytes"] < int8["weight_bytes"] < int8["init_weight_bytes"] / 3
+    report = (out / "report.md").read_text()
+    assert "- distill: a dense student of" in report and "- quantize-int4: " in report
+    assert (out / "rejection" / "prompts.jsonl").is_file() and (out / "rejection" / "counts.json").is_file()
+    capsys.readouterr()
+
+    marks = {name: (out / name / "stage.json").stat().st_mtime_ns for name in STAGES}
+    start = time.perf_counter()
+    main(["run", "--smoke", "--out", str(out)])
+    assert time.perf_counter() - start < 10
+    assert capsys.readouterr().out.count("done already") == len(STAGES)
+    assert marks == {name: (out / name / "stage.json").stat().st_mtime_ns for name in STAGES}
+
+    (out / "grpo-final" / "stage.json").unlink()        # trained but not evaluated: only the evaluation runs again
+    main(["run", "--smoke", "--out", str(out)])
+    assert "== grpo-final: evaluating" in capsys.readouterr().out
+    check_report(out)
+
+    with pytest.raises(SystemExit):
+        main(["run", "--quick", "--out", str(out)])
+    assert "'smoke' run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_run(tmp_path):
+    out = tmp_path / "r1"
+    start = time.perf_counter()
+    main(["run", "--quick", "--out", str(out)])
+    stages = check_report(out)
+    print(f"nanoseek run --quick: {(time.perf_counter() - start) / 60:.1f} min")
+    grpo = next(s for s in stages if s["name"] == "grpo")
+    assert grpo["format_rate"] >= 0.9
