@@ -1,12 +1,12 @@
-# The two commands of the README. `make run` sets up and runs the main job (for now `nanoseek info`; the R1
-# pipeline `nanoseek run` replaces it when it lands); `make test` sets up and runs the test suite (what CI runs).
+# The two commands of the README. `make run` sets up and runs the main job (`nanoseek run`, the R1 recipe end to
+# end); `make test` sets up and runs the test suite (what CI runs).
 PYTHON ?= python3
 VENV := .venv
 
 .PHONY: run test setup setup-dev browser
 
 run: setup
-	$(VENV)/bin/nanoseek info deepseek-v3
+	$(VENV)/bin/nanoseek run
 
 test: setup-dev browser
 	$(VENV)/bin/python -m pytest

@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 
-# Idle OpenMP threads sleep rather than spin, as the nanoseek command sets it (cli._passive_threads): on a CPU shared
+# Idle OpenMP threads sleep rather than spin, as the nanoseek command sets it (nanoseek.threads.passive_threads): on a CPU shared
 # with other work, spinning makes every multi-threaded product of both implementations many times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -28,7 +28,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the nanoseek command sets it (cli._passive_threads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the nanoseek command sets it (nanoseek.threads.passive_threads)
 
 import torch  # noqa: E402
 

@@ -16,7 +16,7 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the nanoseek command does: see cli._passive_threads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the nanoseek command does: see nanoseek.threads.passive_threads
 
 import torch  # noqa: E402
 

@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from nanoseek.atomic import fsync_path
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
 from nanoseek.model import Transformer
@@ -154,8 +155,8 @@ def _write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config
         _write_json(tmp / CONFIG, config_json)
         for file in extra_files:
             shutil.copyfile(file, tmp / Path(file).name)
-            _fsync(tmp / Path(file).name)
-        _fsync(tmp)
+            fsync_path(tmp / Path(file).name)
+        fsync_path(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -226,20 +227,12 @@ def _write_weights(directory: Path, tensors: dict[str, torch.Tensor], max_shard_
 
 def _write_safetensors(file: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file(tensors, file, metadata={"format": "pt"})  # transformers refuses files without format "pt"
-    _fsync(file)
+    fsync_path(file)
 
 
 def _write_json(file: Path, data: dict) -> None:
     file.write_text(json.dumps(data, indent=2) + "\n")
-    _fsync(file)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(file)
 
 
 def _replace_dir(new: Path, path: Path) -> None:
@@ -259,7 +252,7 @@ def _replace_dir(new: Path, path: Path) -> None:
         shutil.rmtree(old)
     else:
         new.rename(path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 # ---- load -------------------------------------------------------------------------------------------------------

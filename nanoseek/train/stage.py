@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError, ConfigError
@@ -40,16 +40,6 @@ def save_run(out: Path, settings: dict) -> None:
     """Write run.json atomically (the stage's settings, as plain JSON)."""
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / RUN, json.dumps(settings, indent=1) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_run(out: Path) -> dict:

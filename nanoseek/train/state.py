@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from nanoseek.atomic import fsync_path
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.errors import CheckpointError
 from nanoseek.model import Transformer
@@ -58,14 +59,14 @@ def save_training_state(run: Path, step: int, model: Transformer, optimizer: tor
         tensors, groups = _optimizer_tensors(optimizer)
         tensors.update(_rng_tensors())
         save_file(tensors, tmp / STATE)
-        _fsync(tmp / STATE)
+        fsync_path(tmp / STATE)
         payload = dict(trainer, step=step, optimizer_groups=groups, python_random=_python_random())
         (tmp / TRAINER).write_text(json.dumps(payload, indent=1) + "\n")
-        _fsync(tmp / TRAINER)
+        fsync_path(tmp / TRAINER)
         if final.exists():  # a resumed run saving the same step again
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync(folder)
+        fsync_path(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -136,10 +137,3 @@ def _restore_rng(tensors: dict[str, torch.Tensor], python_random: list) -> None:
     version, internal, gauss = python_random
     random.setstate((version, tuple(internal), gauss))
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
