@@ -70,9 +70,10 @@ def _moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     routed experts, each expert run once on the tokens routed to it."""
     weights, indices, _ = moe.gate(x)
     out = _mlp(moe.shared_experts, x)
-    if x.shape[0] == 1:  # one token (batch-1 decoding): no sorting, its k experts each run on it
-        for e, g in zip(indices[0].tolist(), weights[0].tolist()):
-            out = out.add_(_mlp(moe.experts[e], x), alpha=g)
+    if x.shape[0] <= 2:  # batch-1 decoding (two tokens with speculation): no sorting, each token's k experts run on it
+        for i, (experts, gates) in enumerate(zip(indices.tolist(), weights.tolist())):
+            for e, g in zip(experts, gates):
+                out[i:i + 1].add_(_mlp(moe.experts[e], x[i:i + 1]), alpha=g)
         return out
     k = indices.shape[1]
     flat = indices.flatten()
