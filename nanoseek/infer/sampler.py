@@ -149,9 +149,15 @@ def choose(logits: torch.Tensor, rows, extra: list[int] | None = None) -> tuple[
     """The next token of each row: greedy rows take the argmax, the others draw with their own generator.
     Also returns the distributions drawn from (see `distributions`)."""
     tokens, probs = distributions(logits, rows, extra)
-    for i, row in enumerate(rows):
-        if not row.params.greedy:
-            tokens[i] = int(torch.multinomial(probs[i], 1, generator=row.generator))
+    sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
+    if sampled:
+        # inverse CDF: a uniform from each row's own generator, found in its cumulative distribution, all rows in one
+        # search (one torch.multinomial per row cost ~90 us each, most of a 64-row decode step's sampling)
+        cdf = probs[sampled].cumsum(dim=-1)
+        u = torch.stack([torch.rand((), generator=rows[i].generator, device=cdf.device) for i in sampled])
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+        for i, token in zip(sampled, drawn.clamp(max=cdf.shape[-1] - 1).tolist()):
+            tokens[i] = token
     return tokens, probs
 
 
