@@ -86,7 +86,7 @@ def recipe(size: str = "default") -> Recipe:
     """The stages and budgets of `nanoseek run` ("default", "quick" or the CI's "smoke")."""
     if size not in RECIPE_SIZES:
         raise ConfigError(f"recipe {size!r}: expected one of {RECIPE_SIZES}")
-    steps = {"default": dict(pretrain=300, sft=150, zero=30, grpo=60, rft=40, final=30, questions=384, evals=200),
+    steps = {"default": dict(pretrain=360, sft=220, zero=30, grpo=60, rft=40, final=30, questions=384, evals=200),
              "quick": dict(pretrain=90, sft=60, zero=8, grpo=16, rft=12, final=8, questions=96, evals=100),
              "smoke": dict(pretrain=2, sft=2, zero=2, grpo=2, rft=2, final=2, questions=4, evals=4)}[size]
     smoke = size == "smoke"
@@ -109,7 +109,7 @@ def recipe(size: str = "default") -> Recipe:
         Stage("r1-zero", "grpo", "pretrain", dataclasses.replace(grpo_base, few_shot=1),
               budget(GRPO_TRAIN, steps["zero"]), few_shot=1,
               about="GRPO from the base; accuracy + format rewards"),
-        Stage("sft", "sft", "pretrain", SFTConfig(seq_len=64 if smoke else 512), budget(SFT_TRAIN, steps["sft"]),
+        Stage("sft", "sft", "pretrain", SFTConfig(seq_len=64 if smoke else 256), budget(SFT_TRAIN, steps["sft"]),
               about="cold start on worked reasoning traces"),
         Stage("grpo", "grpo", "sft", dataclasses.replace(grpo_base, rewards=rl_rewards),
               budget(GRPO_TRAIN, steps["grpo"]),

@@ -12,7 +12,9 @@ then the answer), so a base model has already seen the format that GRPO's format
 
     936
 
-The synthetic share defaults to 0.3 of documents. DeepSeek-V3 (§4.1) raised the share of
+The synthetic share defaults to 0.3 of the text, counted in characters (a tokenizer-free
+stand-in for tokens, the unit in which a corpus's shares are given; counted in documents, 0.3 of
+them held only 14% of the text, the problems being short). DeepSeek-V3 (§4.1) raised the share of
 mathematics and code in its pre-training corpus over V2's without publishing the figure, so 0.3
 is our own choice: enough worked problems for a tiny model to pick up the formats, while most
 of what it reads stays natural text.
@@ -23,7 +25,6 @@ no target is dropped. Its `state_dict()` (documents consumed, offset into the ne
 resumes the same stream at the same token."""
 from __future__ import annotations
 
-import random
 from itertools import islice
 from typing import Callable, Iterable, Iterator
 
@@ -40,20 +41,30 @@ def render(problem: Problem) -> str:
 
 def mix_documents(text: Iterable[str], seed: int, synthetic_fraction: float = SYNTHETIC_FRACTION,
                   split: str = "train", difficulty: int | None = None) -> Iterator[str]:
-    """Each document is, with probability `synthetic_fraction`, the next problem of the
-    all-task mix (rendered), else the next text document; ends when the text does.
-    Deterministic for a given seed and text."""
+    """The text documents in order, each followed by as many problems of the all-task mix (rendered)
+    as keep the problems' share of all characters so far at most `synthetic_fraction`; ends when
+    the text does (1.0: problems only, endless). Deterministic for a given seed and text."""
     if not 0 <= synthetic_fraction <= 1:
         raise ConfigError(f"synthetic_fraction {synthetic_fraction!r}: expected a number in [0, 1]")
-    return _interleave(text, random.Random(f"mix/{seed}"), synthetic_fraction, stream_mix(seed, split, difficulty))
+    return _interleave(text, synthetic_fraction, stream_mix(seed, split, difficulty))
 
 
-def _interleave(text: Iterable[str], rng: random.Random, synthetic_fraction: float,
-                problems: Iterator[Problem]) -> Iterator[str]:
+def _interleave(text: Iterable[str], synthetic_fraction: float, problems: Iterator[Problem]) -> Iterator[str]:
+    if synthetic_fraction == 1:
+        yield from map(render, problems)
+        return
+    natural = synthetic = 0
+    pending = None
     for doc in text:
-        while rng.random() < synthetic_fraction:
-            yield render(next(problems))
         yield doc
+        natural += len(doc)
+        while True:  # problems while the share stays at most f: s / (s + n) <= f  <=>  s <= f / (1 - f) * n
+            pending = pending or render(next(problems))
+            if synthetic + len(pending) > synthetic_fraction / (1 - synthetic_fraction) * natural:
+                break
+            synthetic += len(pending)
+            yield pending
+            pending = None
 
 
 class Packer:

@@ -18,7 +18,7 @@ def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: in
         p.add_argument("--init", default=None, help="start from this checkpoint instead of random weights")
         p.add_argument("--data", action="append", default=[], metavar="PATH",
                        help=".txt, .jsonl (text field) or .parquet text; repeatable (default: the standard library's "
-                            "docstrings mixed with 30%% worked problems)")
+                            "docstrings, with worked problems as 30%% of the text)")
     else:
         p.add_argument("--init", default="runs/pretrain", help="the base model (default: runs/pretrain)")
         p.add_argument("--data", action="append", default=[], metavar="PATH",
@@ -87,7 +87,7 @@ def _training_done(result, stage: str, out: str) -> None:
 
 
 def pretrain_args(p: argparse.ArgumentParser) -> None:
-    _training_args(p, "pretrain", steps=300, batch=16, seq_len=256, lr=3e-3, save_every=100)
+    _training_args(p, "pretrain", steps=360, batch=16, seq_len=256, lr=3e-3, save_every=100)
 
 
 def pretrain_run(args: argparse.Namespace) -> None:
@@ -95,7 +95,7 @@ def pretrain_run(args: argparse.Namespace) -> None:
 
 
 def sft_args(p: argparse.ArgumentParser) -> None:
-    _training_args(p, "sft", steps=150, batch=16, seq_len=256, lr=3e-3, save_every=50)
+    _training_args(p, "sft", steps=220, batch=16, seq_len=256, lr=3e-3, save_every=50)
 
 
 def sft_run(args: argparse.Namespace) -> None:
