@@ -30,6 +30,7 @@ from nanoseek.infer.kv_cache import LatentCache
 from nanoseek.model import Transformer
 from nanoseek.quant import Int4Linear, Int8Linear, quantized_bytes
 from nanoseek.tokenizer import END_THINK, Tokenizer, chat_ids
+from nanoseek.train.evaluate import generate
 
 FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
 
@@ -43,33 +44,10 @@ def weight_bytes(model: Transformer) -> int:
     return sum(t.nbytes for t in tensors.values())
 
 
-@torch.no_grad()
-def greedy(model: Transformer, prompts: list[list[int]], max_new_tokens: int, stop_id: int) -> list[list[int]]:
-    """Right-padded prefill of all prompts at once, then one token per row per step, each row at its own position."""
-    B, lengths = len(prompts), torch.tensor([len(p) for p in prompts])
-    L = int(lengths.max())
-    ids = torch.full((B, L), stop_id)
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.tensor(p)
-    cache = LatentCache(model.config, B, L + max_new_tokens, dtype=model.embed_tokens.weight.dtype)
-    last = model(ids, torch.arange(L).expand(B, L), cache)[torch.arange(B), lengths - 1]
-    positions, out, done = lengths.clone(), [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        token = last.argmax(-1)
-        for i in (~done).nonzero().flatten().tolist():
-            out[i].append(int(token[i]))
-        done |= token == stop_id
-        if done.all():
-            break
-        last = model(token.unsqueeze(1), positions.unsqueeze(1), cache)[:, -1]
-        positions += 1
-    return out
-
-
 def accuracy(model: Transformer, tokenizer: Tokenizer, problems: list[Problem], max_new_tokens: int) -> float:
     prompts = [chat_ids(tokenizer, [{"role": "user", "content": p.prompt}], add_generation_prompt=True)[0]
                for p in problems]
-    responses = greedy(model, prompts, max_new_tokens, tokenizer.eos_id)
+    responses = generate(model, prompts, max_new_tokens, tokenizer.eos_id)  # greedy
     correct = 0
     for problem, response in zip(problems, responses):
         text = tokenizer.decode([t for t in response if t != tokenizer.eos_id])
