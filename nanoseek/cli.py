@@ -146,6 +146,45 @@ def quantize_run(args: argparse.Namespace) -> None:
           + (f", with {', '.join(p.name for p in extras)}" if extras else ""))
 
 
+def checkpoint_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    help = "turn a distributed (torchrun) training checkpoint into one safetensors checkpoint"
+    c = sub.add_parser("consolidate", help=help, description=help)
+    c.add_argument("src", help="RUN/checkpoints/step-N written under torchrun, or RUN itself (its newest checkpoint)")
+    help = "write any checkpoint (ours or Hugging Face layout) in Hugging Face's layout, for vLLM, SGLang, transformers"
+    e = sub.add_parser("export", help=help, description=help)
+    e.add_argument("src", help="a checkpoint directory")
+    for a in (c, e):
+        a.add_argument("--out", required=True,
+                       help="new or empty directory for the weights, config.json and the tokenizer")
+    c.add_argument("--format", default="nanoseek", choices=("nanoseek", "hf"),
+                   help="our layout or Hugging Face's (default: nanoseek)")
+
+
+def checkpoint_run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from nanoseek.checkpoint import load_checkpoint, save_checkpoint
+    from nanoseek.errors import ConfigError
+    from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train.dist_checkpoint import consolidate, run_tokenizer
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"output folder {out} is not empty; choose another --out")
+    if args.action == "consolidate":
+        model = consolidate(args.src)
+        tokenizer, fmt = run_tokenizer(args.src, model.config), args.format
+    else:
+        model, fmt = load_checkpoint(args.src), "hf"
+        tokenizer = Tokenizer.from_dir(args.src) if (Path(args.src) / "tokenizer.json").is_file() else None
+    save_checkpoint(model, out, format=fmt)
+    if tokenizer is not None:
+        tokenizer.save(out)
+    print(f"wrote {out} ({'Hugging Face' if fmt == 'hf' else 'nanoseek'} layout): "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters" + (" and the tokenizer" if tokenizer else ""))
+
+
 def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory with its tokenizer.json (e.g. runs/sft)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -282,6 +321,8 @@ COMMANDS = {
     "plot": ("PNG plots of a training run: loss, learning rate, expert load, throughput", plot_args, plot_run),
     "quantize": ("write a checkpoint as bf16, int8, int4 or FP8 (DeepSeek's block layout)", quantize_args,
                  quantize_run),
+    "checkpoint": ("consolidate a distributed (torchrun) checkpoint into one; export to Hugging Face's layout",
+                   checkpoint_args, checkpoint_run),
     "generate": ("continue a prompt with a checkpoint, streaming to the terminal", generate_args, generate_run),
     "chat": ("talk to a checkpoint: chat template, reasoning shown dimmed, /reset, /exit", chat_args, chat_run),
     "serve": ("an OpenAI/DeepSeek-compatible API and chat page over the engine, with cache-aware prices", serve_args,
@@ -310,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc, which starts torchrun with them
     try:
         args.run(args)
     except NanoseekError as e:

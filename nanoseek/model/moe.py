@@ -96,6 +96,7 @@ class MoE(nn.Module):
         # Tokens each expert received since the last bias update; the training loop reads and resets it.
         self.register_buffer("tokens_per_expert", torch.zeros(config.n_routed_experts), persistent=False)
         self.aux_loss = None  # the sequence-wise balance term of the last training forward
+        self.expert_parallel = None  # set by model.expert_parallel.distribute_experts: experts spread over ranks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, H = x.shape
@@ -109,12 +110,16 @@ class MoE(nn.Module):
 
     def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Sort the (token, expert) pairs by expert and run each expert once, on its own tokens only."""
+        if self.expert_parallel is not None:
+            return self.expert_parallel(self.experts, x, weights, indices)
         k = indices.shape[1]
         flat_idx = indices.flatten()
         order = flat_idx.argsort(stable=True)
         counts = torch.bincount(flat_idx, minlength=self.n_experts).tolist()
         token_of = order // k
         chunks = x[token_of].split(counts)
-        out = torch.cat([self.experts[e](chunk) for e, chunk in enumerate(chunks) if counts[e]])
+        # every expert runs, an idle one on no rows: its gradient is then zero rather than absent, as with expert
+        # parallelism, where ranks must agree on which gradients exist
+        out = torch.cat([self.experts[e](chunk) for e, chunk in enumerate(chunks)])
         out = out * weights.flatten()[order].unsqueeze(1).to(out.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, out.to(x.dtype))

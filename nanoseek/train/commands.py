@@ -45,14 +45,46 @@ def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: in
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on GPUs and AMX CPUs only)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    _distributed_args(p)
+
+
+def _distributed_args(p: argparse.ArgumentParser, expert_parallel: bool = True) -> None:
+    p.add_argument("--nproc", type=int, default=None,
+                   help="run under torchrun with this many processes on this machine (FSDP2 data parallel; gloo on "
+                        "CPU, NCCL with one GPU each); --batch-size stays the global batch")
+    if expert_parallel:
+        p.add_argument("--expert-parallel", action="store_true",
+                       help="with several processes: split the routed experts across them, tokens dispatched by "
+                            "all-to-all")
+
+
+def _relaunch(args: argparse.Namespace) -> bool:
+    """Start torchrun for --nproc N (N > 1, not already under torchrun); True when it ran and this process is done."""
+    from nanoseek import distributed
+
+    if args.nproc is None or args.nproc == 1 or distributed.launched():
+        if args.nproc is not None and args.nproc < 1:
+            from nanoseek.errors import ConfigError
+            raise ConfigError(f"--nproc {args.nproc}: expected an int >= 1")
+        return False
+    code = distributed.launch(args.nproc, distributed.without_flag(args.argv, "--nproc"))
+    if code:
+        sys.exit(code)
+    return True
 
 
 def _training_run(args: argparse.Namespace, stage: str) -> None:
     import dataclasses
 
     passive_threads()
+    if _relaunch(args):
+        return
+    from nanoseek import distributed
     from nanoseek.errors import ConfigError
 
+    if args.expert_parallel and not distributed.launched():
+        raise ConfigError("--expert-parallel splits the experts across processes: add --nproc N (N > 1) or run "
+                          "under torchrun")
     set_threads(args.threads)
     if args.resume is not None and args.out not in (f"runs/{stage}", args.resume):
         raise ConfigError(f"--resume {args.resume} continues in that folder; --out {args.out} contradicts it")
@@ -63,16 +95,27 @@ def _training_run(args: argparse.Namespace, stage: str) -> None:
     train_flags = {"max_steps": args.max_steps, "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
                    "lr": args.lr, "schedule": args.schedule, "save_every": args.save_every,
                    "eval_every": args.eval_every, "seed": args.seed, "bias_update_speed": args.gamma,
-                   "mtp_weight": args.mtp_weight, "bf16": args.bf16 or None}
+                   "mtp_weight": args.mtp_weight, "bf16": args.bf16 or None,
+                   "expert_parallel": args.expert_parallel or None}
     train_config = dataclasses.replace(DEFAULT_TRAIN, **{k: v for k, v in train_flags.items() if v is not None})
     stage_flags = {"preset": args.preset, "data": tuple(args.data), "seq_len": args.seq_len, "device": args.device}
     if args.init is not None:
         stage_flags["init"] = args.init
     config = dataclasses.replace(StageConfig(), **{k: v for k, v in stage_flags.items() if v is not None})
+    _run_stage(args, stage, run, config, train_config)
+
+
+def _run_stage(args: argparse.Namespace, stage: str, run, config, train_config) -> None:
+    """Run a training stage, in torchrun's process group when started by it, and say how it went (rank 0)."""
+    from nanoseek import distributed
+
     out = args.resume or args.out
-    if args.resume:
+    if args.resume and distributed.is_main():
         print(f"resuming {out} with the settings saved in {out}/run.json", flush=True)
-    _training_done(run(config, train_config, out, resume=args.resume is not None), stage, out)
+    with distributed.process_group(args.device):
+        result = run(config, train_config, out, resume=args.resume is not None)
+        if distributed.is_main():
+            _training_done(result, stage, out)
 
 
 def _training_done(result, stage: str, out: str) -> None:
@@ -183,12 +226,15 @@ def grpo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the questions and the sampling (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    _distributed_args(p, expert_parallel=False)
 
 
 def grpo_run(args: argparse.Namespace) -> None:
     import dataclasses
 
     passive_threads()
+    if _relaunch(args):
+        return
     from nanoseek.errors import ConfigError
     from nanoseek.train.grpo import DEFAULT_TRAIN, GRPOConfig, grpo
 
@@ -204,10 +250,7 @@ def grpo_run(args: argparse.Namespace) -> None:
              "loss_agg": args.loss_agg, "adv_scale": args.adv_scale, "mask_truncated": args.mask_truncated or None,
              "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "device": args.device}
     config = dataclasses.replace(GRPOConfig(), **{k: v for k, v in flags.items() if v is not None})
-    out = args.resume or args.out
-    if args.resume:
-        print(f"resuming {out} with the settings saved in {out}/run.json", flush=True)
-    _training_done(grpo(config, train_config, out, resume=args.resume is not None), "grpo", out)
+    _run_stage(args, "grpo", grpo, config, train_config)
 
 
 def rejection_sample_args(p: argparse.ArgumentParser) -> None:

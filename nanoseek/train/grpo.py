@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from nanoseek import distributed
 from nanoseek.data.problem import Problem
 from nanoseek.data.tasks import stream_mix
 from nanoseek.errors import ConfigError
@@ -30,8 +31,8 @@ from nanoseek.train.data import DIFFICULTY
 from nanoseek.train.evaluate import EvalConfig, few_shot_examples, load_problems, prompt_ids
 from nanoseek.train.loop import LossFn, StepLoss, TrainConfig, TrainResult, train
 from nanoseek.train.rewards import RewardSet, accuracy_reward, format_reward
-from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, save_run,
-                                  stage_tokenizer)
+from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, parallelize,
+                                  save_run, stage_tokenizer)
 
 
 def group_advantages(rewards: torch.Tensor, scale: str = "std", eps: float = 1e-4) -> torch.Tensor:
@@ -189,17 +190,23 @@ class Rollouts:
     questions, samples G completions of each with the current policy (the inference engine runs the model's own
     weights, so each rollout sees the latest update), scores them, and turns rewards into group-relative
     advantages; that batch then serves μ policy updates. Groups whose rewards are all equal carry no signal and
-    leave the batch; a rollout left with none is a step without an update."""
+    leave the batch; a rollout left with none is a step without an update.
+
+    Under torchrun each rank samples its own block of the questions with a plain copy of the policy (`sampler`,
+    refreshed from the sharded policy before every rollout), the completions are gathered on every rank, and each
+    rank trains on its own block of the kept rows (`sharded`: the loop does not split this source's batches)."""
 
     def __init__(self, model: Transformer, ref: Transformer | None, tokenizer: Tokenizer, config: GRPOConfig,
-                 seed: int):
+                 seed: int, sampler: Transformer | None = None):
         self.model, self.ref, self.tokenizer, self.config, self.seed = model, ref, tokenizer, config, seed
+        self.sampler = sampler or model  # the weights the engine samples with
+        self.sharded = sampler is not None
         self.rewards = RewardSet.parse(config.rewards)
         # room for every completion of a rollout at the model's full context, so no request waits for the cache
         n, c = config.prompts_per_step * config.group_size, model.config
         per_token = sum(c.cache_widths()) * c.num_hidden_layers * model.embed_tokens.weight.element_size()
         cache_mb = n * c.max_position_embeddings * per_token / 2**20
-        self.engine = Engine(model, EngineConfig(cache_mb=cache_mb, max_seqs=n, prefix_cache=False))
+        self.engine = Engine(self.sampler, EngineConfig(cache_mb=cache_mb, max_seqs=n, prefix_cache=False))
         self.params = SamplingParams(temperature=config.temperature, max_tokens=config.max_new_tokens,
                                      n=config.group_size, stop_token_ids=(tokenizer.eos_id,))
         self.file = load_problems(EvalConfig(data=config.prompts)) if config.prompts else None
@@ -233,7 +240,10 @@ class Rollouts:
         problems = list(islice(self.problems, c.prompts_per_step))
         prompts = [prompt_ids(tok, p, few_shot_examples(p.task, c.few_shot, c.difficulty)) for p in problems]
         start = time.perf_counter()
-        completions = self._sample(prompts)
+        if self.sharded:
+            completions = self._sample_sharded(prompts)
+        else:
+            completions = self._sample(prompts)
         generation_s = time.perf_counter() - start
         rows, scores = [], []
         for j, ids in enumerate(completions):
@@ -248,7 +258,11 @@ class Rollouts:
         flat = zero_variance_groups(total).repeat_interleave(c.group_size)
         keep = [i for i, (_, _, finished) in enumerate(rows)
                 if not flat[i] and (finished or not c.mask_truncated)]
+        if self.sharded:
+            keep, ghost = distributed.block(keep)
         batch = self._tensors([rows[i] for i in keep], advantages[keep])
+        if self.sharded and ghost:  # no row here, rows elsewhere: one row that only joins the collectives
+            batch["ghost"] = torch.ones(len(keep))
         figures = {"rollout": self.rollouts + 1, "reward": total.mean().item(), "reward_std": total.std().item()}
         for name in self.rewards.weights:
             values = torch.tensor([s[name] for s in scores])
@@ -270,11 +284,24 @@ class Rollouts:
             figures["reward_errors"] = sum(self.rewards.errors.values())
         return batch, {k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}
 
-    def _sample(self, prompts: list[list[int]]) -> list[list[int]]:
+    def _sample_sharded(self, prompts: list[list[int]]) -> list[list[int]]:
+        """`_sample` with this rank's block of the questions, on the policy's current weights; every rank gets
+        all the completions."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        self.sampler.load_state_dict(full)
+        mine, ghost = distributed.block(list(range(len(prompts))))
+        completions = [] if ghost else self._sample([prompts[j] for j in mine], offset=mine[0])
+        return [c for part in distributed.all_gather(completions) for c in part]
+
+    def _sample(self, prompts: list[list[int]], offset: int = 0) -> list[list[int]]:
         """G completions of each prompt, all in one engine batch: question 0's samples, then question 1's, ...
         Each question has its own seeds (one seed for all would draw every group from the same random numbers),
-        fixed by the rollout's index, so a resumed run samples as an uninterrupted one."""
-        G, first = self.config.group_size, (self.seed * 100_003 + self.rollouts) * len(prompts)
+        fixed by the rollout's index, so a resumed run samples as an uninterrupted one. `offset`: the index of
+        prompts[0] among the rollout's questions."""
+        G = self.config.group_size
+        first = (self.seed * 100_003 + self.rollouts) * self.config.prompts_per_step + offset
         ids = [self.engine.add_request(p, dataclasses.replace(self.params, seed=(first + j) * G))
                for j, p in enumerate(prompts)]
         done = {}
@@ -299,7 +326,7 @@ class Rollouts:
         batch = {"input_ids": input_ids, "labels": labels, "advantages": advantages[order].float()}
         device = next(self.model.parameters()).device
         for name, model in (("ref_logp", self.ref if self.config.beta else None),
-                            ("old_logp", self.model if self.config.mu > 1 else None)):
+                            ("old_logp", self.sampler if self.config.mu > 1 else None)):
             if model is not None and len(rows):
                 batch[name] = self._logprobs(model, input_ids.to(device), labels.to(device))
         return batch
@@ -321,7 +348,9 @@ class Rollouts:
     def state_dict(self) -> dict:
         """Rollouts drawn and updates taken from the last; with μ > 1, that rollout itself (its old log-probs came
         from weights that are gone)."""
-        pending = self.batch is not None and self.uses < self.config.mu
+        # under torchrun each rank holds its own rows, which trainer.json (rank 0's) cannot keep: a resumed run
+        # samples that rollout again
+        pending = self.batch is not None and self.uses < self.config.mu and not self.sharded
         return {"rollouts": self.rollouts, "uses": self.uses, "figures": self.figures,
                 "batch": {k: v.tolist() for k, v in self.batch.items()} if pending else None}
 
@@ -357,7 +386,9 @@ def grpo(config: GRPOConfig, train_config: TrainConfig, out: str | Path, resume:
     # the reference is the starting policy, frozen; a resumed run loads its weights into `model` only later
     ref = copy.deepcopy(model).eval().requires_grad_(False) if config.beta else None
     train_config = dataclasses.replace(train_config, batch_size=config.prompts_per_step * config.group_size)
-    rollouts = Rollouts(model, ref, tokenizer, config, train_config.seed)
+    sampler = copy.deepcopy(model).requires_grad_(False) if distributed.active() else None
+    model = parallelize(model, expert_parallel=False)
+    rollouts = Rollouts(model, ref, tokenizer, config, train_config.seed, sampler)
     if not resume:
         save_run(out, {"stage": "grpo", "grpo": dataclasses.asdict(config), "train": dataclasses.asdict(train_config)})
     result = train(model, rollouts, grpo_loss_fn(config), train_config, out, resume=resume, desc="grpo",

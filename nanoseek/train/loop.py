@@ -31,11 +31,14 @@ from typing import Callable, Iterator, Protocol
 import torch
 from tqdm import tqdm
 
+from nanoseek import distributed
 from nanoseek.cost import flops_per_token, measure_matmul_peak
 from nanoseek.errors import ConfigError, NanoseekError
 from nanoseek.model import Transformer
 from nanoseek.train.metrics import METRICS, MetricsLog, expert_load, truncate_metrics
 from nanoseek.train.schedule import warmup_cosine, warmup_stable_decay
+from nanoseek.train.dist_checkpoint import (is_distributed_checkpoint, load_distributed_state,
+                                            save_distributed_state)
 from nanoseek.train.state import latest_checkpoint, load_training_state, save_training_state
 
 SCHEDULES = ("cosine", "wsd")
@@ -59,6 +62,7 @@ class TrainConfig:
     bias_update_speed: float = 0.001   # γ, V3 §4.2
     balance_weight: float = 1e-4       # α of the sequence-wise balance loss, V3 §4.2
     bf16: bool = False                 # bf16 autocast; weights, optimizer and routing bias stay float32
+    expert_parallel: bool = False      # under torchrun: routed experts split across ranks (all-to-all dispatch)
     eval_every: int = 0                # 0: evaluate at the end only (when the stage gives an evaluation)
     save_every: int = 100
     keep_last: int = 2
@@ -145,24 +149,38 @@ def lm_loss(mtp_weight: float, balance_weight: float) -> LossFn:
 def accumulate_gradients(model: Transformer, micro_batches: list[dict[str, torch.Tensor]], loss_fn: LossFn,
                          bf16: bool = False) -> StepLoss | None:
     """Forward and backward every micro-batch, leaving in .grad the gradient of the count-weighted mean loss over
-    all of them (what one forward over the whole batch would give). None when a loss is not finite or no micro-batch
+    all of them (what one forward over the whole batch would give); under torchrun, over every rank's micro-batches
+    (the gradients are summed across ranks, the counts too). None when a loss is not finite or no micro-batch
     has a unit to learn from; the caller then skips the step."""
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    count, loss_sum, logs = 0, 0.0, {}
-    for micro in micro_batches:
+    passes = len(micro_batches)
+    if distributed.active():  # FSDP's collectives pair up only if every rank runs as many passes
+        passes = int(distributed.all_reduce(torch.tensor(passes), "max"))
+    count, loss_sum, logs, finite = 0, 0.0, {}, True
+    for i in range(passes):
+        micro = micro_batches[min(i, len(micro_batches) - 1)]
         with autocast:
             out = loss_fn(model, micro)
-        if out.count == 0:
+        ghost = i >= len(micro_batches) or "ghost" in micro  # a pass only to take part in the collectives
+        if ghost or out.count == 0 or not torch.isfinite(out.loss.detach()):
+            finite = finite and (ghost or out.count == 0 or bool(torch.isfinite(out.loss.detach())))
+            if not distributed.active():
+                if not finite:
+                    return None
+                continue
+            (out.loss.nan_to_num(0.0, 0.0, 0.0) * 0).backward()
             continue
-        if not torch.isfinite(out.loss.detach()):
-            return None
         (out.loss * out.count).backward()
         count += out.count
         loss_sum += out.loss.item() * out.count
         for k, v in out.logs.items():
             logs[k] = logs.get(k, 0.0) + v * out.count
-    if count == 0:
+    if distributed.active():
+        totals = distributed.all_reduce(torch.tensor([count, loss_sum, float(not finite)], dtype=torch.float64))
+        count, loss_sum, finite = int(totals[0]), float(totals[1]), not totals[2]
+        logs = distributed.sum_dicts(logs)
+    if not finite or count == 0:
         return None
     for p in model.parameters():
         if p.grad is not None:
@@ -193,12 +211,14 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
     step, tokens, flops, elapsed, bad, checkpoint = 0, 0, 0.0, 0.0, 0, None
     if resume:
         checkpoint = latest_checkpoint(out)
-        trainer = load_training_state(checkpoint, model, optimizer)
+        trainer = (load_distributed_state if distributed.active() or is_distributed_checkpoint(checkpoint)
+                   else load_training_state)(checkpoint, model, optimizer)
         batches.load_state_dict(trainer["data"])
         step, tokens, flops = trainer["step"], trainer["tokens"], trainer["flops"]
         elapsed, bad = trainer["elapsed_s"], trainer["bad_steps"]
-        truncate_metrics(out / METRICS, step)
-    elif (out / METRICS).exists():
+        if distributed.is_main():
+            truncate_metrics(out / METRICS, step)
+    elif (out / METRICS).exists() and distributed.is_main():
         (out / METRICS).unlink()
     peak = _matmul_peak(device, config.bf16)
     has_mtp = len(model.mtp) > 0 and config.mtp_weight > 0  # FLOPs of the MTP module when the loss trains it
@@ -208,16 +228,25 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
     def save(at: int) -> Path:
         state = {"data": batches.state_dict(), "tokens": tokens, "flops": flops, "elapsed_s": elapsed,
                  "bad_steps": bad, "config": dataclasses.asdict(config)}
-        return save_training_state(out, at, model, optimizer, state, config.keep_last)
+        save_state = save_distributed_state if distributed.active() else save_training_state
+        return save_state(out, at, model, optimizer, state, config.keep_last)
 
     interrupted = False
-    with _stop_on_sigint() as stop, MetricsLog(out / METRICS) as log, \
-            tqdm(total=config.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True) as bar:
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes metrics and shows progress
+    with _stop_on_sigint() as stop, MetricsLog(out / METRICS) if main else nullcontext() as log, \
+            tqdm(total=config.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True,
+                 disable=not main) as bar:
         while step < config.max_steps:
             start = time.perf_counter()
-            batch = {k: v.to(device) for k, v in next(batches).items()}
+            batch = next(batches)
+            n_tokens = batch["input_ids"].numel()  # the global batch's, or this rank's when the source shards itself
+            if not getattr(batches, "sharded", False):
+                batch = distributed.local_rows(batch)
+            elif distributed.active():
+                n_tokens = int(distributed.all_reduce(torch.tensor(n_tokens)))
+            batch = {k: v.to(device) for k, v in batch.items()}
             fetch_s = time.perf_counter() - start
-            empty = batch["input_ids"].shape[0] == 0
+            empty = n_tokens == 0
             lr = config.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -226,7 +255,7 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
             result = None if empty else accumulate_gradients(model, micro_batches, loss_fn, config.bf16)
             grad_norm = float("nan")
             if result is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf")))
+                grad_norm = distributed.clip_grad_norm(list(model.parameters()), config.grad_clip or float("inf"))
             ok = result is not None and math.isfinite(grad_norm)
             if ok:
                 optimizer.step()
@@ -235,9 +264,9 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
                 bad += 1
             optimizer.zero_grad(set_to_none=True)
             # V3 §2.1.2: the bias moves after each step by the load that step saw; a skipped step only resets the count
+            distributed.sync_expert_load(model)
             loads = model.update_routing_bias(config.bias_update_speed if ok else 0.0)
             step += 1
-            n_tokens = batch["input_ids"].numel()
             tokens += n_tokens
             seconds = time.perf_counter() - start
             elapsed += seconds
@@ -271,14 +300,20 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
                     record.update(evaluate(model))
                 model.train()
                 elapsed += time.perf_counter() - t
-            log.write(record)
+            if main:
+                log.write(record)
             if ok:
                 last_loss = record["loss"]
             bar.update(1)
             bar.set_postfix(postfix(record) if postfix else
                             dict(loss=f"{last_loss:.3f}", mtp=f"{record.get('mtp_loss', float('nan')):.3f}",
                                  tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}"), refresh=False)
-            if step % config.save_every == 0 or stop.is_set():
+            if distributed.active():  # every rank stops at the same step
+                stop_all = distributed.all_reduce(torch.tensor(int(stop.is_set())), "max")
+                if stop_all:
+                    stop.set()
+            last = distributed.active() and step == config.max_steps  # the final model is consolidated from it
+            if step % config.save_every == 0 or stop.is_set() or last:
                 checkpoint = save(step)
             if stop.is_set():
                 interrupted = True

@@ -22,8 +22,8 @@ from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.data import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
 from nanoseek.train.loop import TrainConfig, TrainResult, lm_loss, train
-from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, save_run,
-                                  stage_tokenizer)
+from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, parallelize,
+                                  save_run, stage_tokenizer)
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ def pretrain(config: PretrainConfig, train_config: TrainConfig, out: str | Path,
     if not resume:
         save_run(out, {"stage": "pretrain", "pretrain": dataclasses.asdict(config),
                        "train": dataclasses.asdict(train_config)})
+    model = parallelize(model, train_config.expert_parallel)
     result = train(model, batches, lm_loss(train_config.mtp_weight, train_config.balance_weight), train_config, out,
                    evaluate=partial(validation_loss, tokens=val) if val is not None else None, resume=resume,
                    desc="pretrain")

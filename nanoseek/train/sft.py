@@ -32,8 +32,8 @@ from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer, chat_ids
 from nanoseek.train.data import DIFFICULTY, eval_problems
 from nanoseek.train.loop import TrainConfig, TrainResult, lm_loss, train
-from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, save_run,
-                                  stage_tokenizer)
+from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, parallelize,
+                                  save_run, stage_tokenizer)
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,7 @@ def sft(config: SFTConfig, train_config: TrainConfig, out: str | Path, resume: b
                     tokenizer.eos_id)
     if not resume:
         save_run(out, {"stage": "sft", "sft": dataclasses.asdict(config), "train": dataclasses.asdict(train_config)})
+    model = parallelize(model, train_config.expert_parallel)
     result = train(model, batches, lm_loss(train_config.mtp_weight, train_config.balance_weight), train_config, out,
                    evaluate=partial(validation_loss, batch=val), resume=resume, desc="sft")
     if not result.interrupted:

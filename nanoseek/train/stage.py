@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from nanoseek import distributed
 from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
@@ -34,12 +35,14 @@ def check_out(out: Path, resume: bool) -> None:
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output folder {out} is not empty; continue that run with --resume {out} "
                           f"or choose another --out")
+    distributed.barrier()  # under torchrun, every rank looks before rank 0 writes
 
 
 def save_run(out: Path, settings: dict) -> None:
-    """Write run.json atomically (the stage's settings, as plain JSON)."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / RUN, json.dumps(settings, indent=1) + "\n")
+    """Write run.json atomically (the stage's settings, as plain JSON); under torchrun, rank 0 does."""
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / RUN, json.dumps(settings, indent=1) + "\n")
 
 
 def load_run(out: Path) -> dict:
@@ -82,6 +85,12 @@ def initial_model(preset: str | None, init: str | None, seed: int, device: torch
     return model.train()
 
 
+def parallelize(model: Transformer, expert_parallel: bool) -> Transformer:
+    """Under torchrun, shard the model with FSDP2 (and its experts across ranks); as it is in one process (a run
+    saved with expert parallelism resumes in one process too)."""
+    return distributed.shard(model, expert_parallel) if distributed.active() else model
+
+
 def stage_tokenizer(init: str | None, config: ModelConfig) -> Tokenizer:
     """The tokenizer beside the init checkpoint, else the shipped default; it must fit the model's vocabulary."""
     tokenizer = Tokenizer.from_dir(init) if init and (Path(init) / "tokenizer.json").is_file() else default_tokenizer()
@@ -93,7 +102,13 @@ def stage_tokenizer(init: str | None, config: ModelConfig) -> Tokenizer:
 
 def finish(model: Transformer, tokenizer: Tokenizer, out: Path, title: str, result: TrainResult,
            extra: dict[str, str]) -> None:
-    """Write the final model, the tokenizer and report.md into `out`."""
+    """Write the final model, the tokenizer and report.md into `out`; under torchrun, rank 0 writes the model
+    consolidated from the run's last distributed checkpoint."""
+    if distributed.active():
+        if not distributed.is_main():
+            return
+        from nanoseek.train.dist_checkpoint import consolidate
+        model = consolidate(result.checkpoint)
     save_checkpoint(model.cpu(), out)
     tokenizer.save(out)
     rows = {
