@@ -221,6 +221,8 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
     elif (out / METRICS).exists() and distributed.is_main():
         (out / METRICS).unlink()
     peak = _matmul_peak(device, config.bf16)
+    if peak is not None:  # under torchrun the FLOPs are every rank's: so is the peak
+        peak *= distributed.world()
     has_mtp = len(model.mtp) > 0 and config.mtp_weight > 0  # FLOPs of the MTP module when the loss trains it
     last_loss = float("nan")
     model.train()
