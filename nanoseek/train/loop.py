@@ -163,13 +163,14 @@ def accumulate_gradients(model: Transformer, micro_batches: list[dict[str, torch
         with autocast:
             out = loss_fn(model, micro)
         ghost = i >= len(micro_batches) or "ghost" in micro  # a pass only to take part in the collectives
-        if ghost or out.count == 0 or not torch.isfinite(out.loss.detach()):
-            finite = finite and (ghost or out.count == 0 or bool(torch.isfinite(out.loss.detach())))
+        bad = not ghost and out.count > 0 and not torch.isfinite(out.loss.detach())
+        if ghost or bad or out.count == 0:
+            finite = finite and not bad
             if not distributed.active():
-                if not finite:
+                if bad:
                     return None
                 continue
-            (out.loss.nan_to_num(0.0, 0.0, 0.0) * 0).backward()
+            (out.loss.nan_to_num(0.0, 0.0, 0.0) * 0).backward()  # FSDP's gradient collectives need every rank
             continue
         (out.loss * out.count).backward()
         count += out.count
