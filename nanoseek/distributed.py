@@ -69,8 +69,6 @@ def process_group(device: str | None) -> Iterator[None]:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `nanoseek ARGV` again under torchrun with `nproc` processes on this machine; returns its exit code."""
-    if nproc < 1:
-        raise ConfigError(f"--nproc {nproc}: expected an int >= 1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "nanoseek", *argv]
     print(f"nanoseek: starting {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m nanoseek "
@@ -162,7 +160,7 @@ def shard(model: torch.nn.Module, expert_parallel: bool = False) -> torch.nn.Mod
     device = next(model.parameters()).device
     mesh = init_device_mesh(device.type, (world(),))
     for layer in model.layers:
-        fully_shard(layer, mesh=mesh, ignored_params={p for p in ignored if _owns(layer, p)} or None)
+        fully_shard(layer, mesh=mesh, ignored_params=ignored & set(layer.parameters()) or None)
     # the root unit: embeddings, head, final norm and the MTP modules (which call the shared head outside their
     # own forward, so they are unsharded with the root)
     fully_shard(model, mesh=mesh, ignored_params=ignored or None)
@@ -175,10 +173,6 @@ def shard(model: torch.nn.Module, expert_parallel: bool = False) -> torch.nn.Mod
             # an expert that got no token on one rank still takes part in the reduce-scatter (with zeros)
             module.set_reduce_scatter_unused_params(True)
     return model
-
-
-def _owns(module: torch.nn.Module, p: torch.nn.Parameter) -> bool:
-    return any(q is p for q in module.parameters())
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -62,10 +62,10 @@ def _relaunch(args: argparse.Namespace) -> bool:
     """Start torchrun for --nproc N (N > 1, not already under torchrun); True when it ran and this process is done."""
     from nanoseek import distributed
 
-    if args.nproc is None or args.nproc == 1 or distributed.launched():
-        if args.nproc is not None and args.nproc < 1:
-            from nanoseek.errors import ConfigError
-            raise ConfigError(f"--nproc {args.nproc}: expected an int >= 1")
+    if args.nproc is not None and args.nproc < 1:
+        from nanoseek.errors import ConfigError
+        raise ConfigError(f"--nproc {args.nproc}: expected an int >= 1")
+    if args.nproc in (None, 1) or distributed.launched():
         return False
     code = distributed.launch(args.nproc, distributed.without_flag(args.argv, "--nproc"))
     if code:

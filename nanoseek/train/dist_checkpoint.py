@@ -11,7 +11,6 @@ and renamed by rank 0 once every rank has written, so a run killed at any moment
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -23,15 +22,15 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from nanoseek import distributed
 from nanoseek.atomic import fsync_path
+from nanoseek.checkpoint import CONFIG
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.train.state import (CHECKPOINTS, TRAINER, _python_random, _restore_rng, _rng_tensors, checkpoint_dirs,
-                                  latest_checkpoint)
+from nanoseek.train.state import (CHECKPOINTS, TRAINER, _python_random, _restore_rng, _rng_tensors,
+                                  latest_checkpoint, publish)
 
 METADATA = ".metadata"
-CONFIG = "config.json"
 
 
 def is_distributed_checkpoint(path: Path) -> bool:
@@ -59,12 +58,7 @@ def save_distributed_state(run: Path, step: int, model: Transformer, optimizer: 
     if distributed.is_main():
         for f in tmp.iterdir():
             fsync_path(f)
-        if final.exists():  # a resumed run saving the same step again
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        fsync_path(folder)
-        for old in checkpoint_dirs(run)[:-keep_last]:
-            shutil.rmtree(old)
+        publish(tmp, final, keep_last)
     distributed.barrier()
     return final
 

@@ -63,16 +63,22 @@ def save_training_state(run: Path, step: int, model: Transformer, optimizer: tor
         payload = dict(trainer, step=step, optimizer_groups=groups, python_random=_python_random())
         (tmp / TRAINER).write_text(json.dumps(payload, indent=1) + "\n")
         fsync_path(tmp / TRAINER)
-        if final.exists():  # a resumed run saving the same step again
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        fsync_path(folder)
+        publish(tmp, final, keep_last)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in checkpoint_dirs(run)[:-keep_last]:
-        shutil.rmtree(old)
     return final
+
+
+def publish(tmp: Path, final: Path, keep_last: int) -> None:
+    """Rename the whole checkpoint folder `tmp` into place as `final` (replacing a checkpoint of the same step that
+    a resumed run saves again), then keep only the newest `keep_last` checkpoints of its run."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_path(final.parent)
+    for old in checkpoint_dirs(final.parent.parent)[:-keep_last]:
+        shutil.rmtree(old)
 
 
 def load_training_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> dict:
