@@ -187,7 +187,9 @@ def wait_until_idle(server, before, deadline_s=20) -> dict:
 
 def test_client_that_leaves_a_whole_reply_frees_its_cache(server):
     before = metrics(server)
-    body = {"model": "tiny", "messages": HI, "max_tokens": 900}
+    # a seed whose reply runs the whole 900 tokens (about 5 s); unseeded, about one reply in twelve ends with an
+    # early end-of-sequence inside the client's patience, and the client never leaves
+    body = {"model": "tiny", "messages": HI, "max_tokens": 900, "seed": 1}
     with pytest.raises(httpx.ReadTimeout):   # gives up waiting, and closes the connection
         httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=server.auth,
                    timeout=httpx.Timeout(10, read=0.5))
