@@ -17,9 +17,11 @@ import statistics
 import tempfile
 import time
 
-# Idle OpenMP threads sleep rather than spin, as the nanoseek command sets it (nanoseek.threads.passive_threads): on a CPU shared
-# with other work, spinning makes every multi-threaded product of both implementations many times slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads spin only briefly, as the nanoseek command sets them (nanoseek.threads.spin_briefly): on a CPU
+# shared with other work, long spinning makes every multi-threaded product of both implementations many times slower.
+from nanoseek.threads import spin_briefly  # noqa: E402  (no torch import)
+
+spin_briefly()
 
 import torch  # noqa: E402
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
@@ -109,7 +111,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '-')}")
     print(f"reference shape, prompt {PROMPT}, greedy; tokens/s = new tokens / wall time of the whole generate call, "
           f"best of {args.repeats}; ratio = median over the {args.repeats} back-to-back pairs; nanoseek runs "
           f"forwards of < {PARALLEL_TOKENS} tokens on one thread")

@@ -28,7 +28,9 @@ import time
 from itertools import islice
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the nanoseek command sets it (nanoseek.threads.passive_threads)
+from nanoseek.threads import spin_briefly  # noqa: E402  (no torch import)
+
+spin_briefly()  # as the nanoseek command does, before torch loads
 
 import torch  # noqa: E402
 

@@ -13,10 +13,11 @@ Usage: python benchmarks/mtp_speculative.py CHECKPOINT [--prompts 8] [--batch 1]
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the nanoseek command does: see nanoseek.threads.passive_threads
+from nanoseek.threads import spin_briefly  # noqa: E402  (no torch import)
+
+spin_briefly()  # as the nanoseek command does, before torch loads
 
 import torch  # noqa: E402
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from nanoseek.errors import NanoseekError
-from nanoseek.threads import passive_threads, set_threads
+from nanoseek.threads import spin_briefly, set_threads
 from nanoseek.train.commands import (distill_args, distill_run, eval_args, eval_run, grpo_args, grpo_run, plot_args,
                                      plot_run, pretrain_args, pretrain_run, rejection_sample_args,
                                      rejection_sample_run, run_args, run_run, sft_args, sft_run)
@@ -214,7 +214,7 @@ def serve_run(args: argparse.Namespace) -> None:
     import logging
     from pathlib import Path
 
-    passive_threads()
+    spin_briefly()
     from nanoseek.errors import ConfigError
     from nanoseek.infer import Engine, EngineConfig
     from nanoseek.serve import Prices, ServeConfig, load_prices, serve
@@ -269,7 +269,7 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def _engine_and_params(args: argparse.Namespace):
-    passive_threads()
+    spin_briefly()
     from nanoseek.checkpoint import load_checkpoint
     from nanoseek.infer import Engine, EngineConfig, SamplingParams
     from nanoseek.tokenizer import Tokenizer

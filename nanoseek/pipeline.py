@@ -86,7 +86,7 @@ def recipe(size: str = "default") -> Recipe:
     """The stages and budgets of `nanoseek run` ("default", "quick" or the CI's "smoke")."""
     if size not in RECIPE_SIZES:
         raise ConfigError(f"recipe {size!r}: expected one of {RECIPE_SIZES}")
-    steps = {"default": dict(pretrain=360, sft=220, zero=30, grpo=60, rft=40, final=30, questions=384, evals=200),
+    steps = {"default": dict(pretrain=480, sft=300, zero=30, grpo=80, rft=40, final=30, questions=384, evals=200),
              "quick": dict(pretrain=90, sft=60, zero=8, grpo=16, rft=12, final=8, questions=96, evals=100),
              "smoke": dict(pretrain=2, sft=2, zero=2, grpo=2, rft=2, final=2, questions=4, evals=4)}[size]
     smoke = size == "smoke"
@@ -99,6 +99,10 @@ def recipe(size: str = "default") -> Recipe:
         return dataclasses.replace(base, **changes)
 
     rl_rewards = "accuracy=1,format=0.5,language=0.1"
+    # Reasoning RL: 16 questions per step (twice GRPOConfig's 8: more groups with a signal per update), and the
+    # routing bias left where SFT put it (γ = 0), so expert selection moves only by the reward's gradient. Measured
+    # from the default SFT model (16.5%): 8 questions x 60 steps with γ = 0.001 gave 18.0%, 16 x 40 with γ = 0 22.0%.
+    reasoning_rl = dataclasses.replace(grpo_base, rewards=rl_rewards, prompts_per_step=2 if smoke else 16)
     # R1 §2.4: the teacher answers these train-split questions 4 times each; the student takes these SFT steps
     student = {"default": dict(questions=1024, steps=400), "quick": dict(questions=256, steps=120),
                "smoke": dict(questions=4, steps=2)}[size]
@@ -111,8 +115,7 @@ def recipe(size: str = "default") -> Recipe:
               about="GRPO from the base; accuracy + format rewards"),
         Stage("sft", "sft", "pretrain", SFTConfig(seq_len=64 if smoke else 256), budget(SFT_TRAIN, steps["sft"]),
               about="cold start on worked reasoning traces"),
-        Stage("grpo", "grpo", "sft", dataclasses.replace(grpo_base, rewards=rl_rewards),
-              budget(GRPO_TRAIN, steps["grpo"]),
+        Stage("grpo", "grpo", "sft", reasoning_rl, budget(GRPO_TRAIN, steps["grpo"], bias_update_speed=0.0),
               about="reasoning RL; accuracy + format + language-consistency rewards"),
         Stage("rejection-sft", "rejection-sft", "grpo",
               RejectionSFT(steps["questions"], RejectionConfig(checkpoint="", prompts="", k=4, seed=REJECTION_SEED,
@@ -120,8 +123,8 @@ def recipe(size: str = "default") -> Recipe:
                            SFTConfig(seq_len=64 if smoke else 512)),
               budget(SFT_TRAIN, steps["rft"], lr=3e-4),
               about=f"rejection sampling of {steps['questions']} questions x 4, then SFT on what is kept"),
-        Stage("grpo-final", "grpo", "rejection-sft", dataclasses.replace(grpo_base, rewards=rl_rewards),
-              budget(GRPO_TRAIN, steps["final"]), about="the last RL stage"),
+        Stage("grpo-final", "grpo", "rejection-sft", reasoning_rl,
+              budget(GRPO_TRAIN, steps["final"], bias_update_speed=0.0), about="the last RL stage"),
         Stage("distill", "distill", "grpo-final",
               DistillConfig(student="tiny-student", prompts=student["questions"], max_new_tokens=16 if smoke else 192,
                             seq_len=64 if smoke else 512),

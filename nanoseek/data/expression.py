@@ -20,7 +20,7 @@ NAMES = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
 # level -> (number of operations, largest operand)
 LEVELS = {1: (2, 9), 2: (3, 9), 3: (3, 20), 4: (4, 20), 5: (5, 30)}
 MAX_VALUE = 9999  # keep every intermediate result a number a small model can write
-TIMES_TABLE = 12  # one factor of every product is at most this
+TIMES_TABLE = 12  # both factors of every product are at most this: a times-table fact, worked in one line
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def make(rng: random.Random, level: int) -> Problem:
         while len(tokens) > 1:
             tokens, in_brackets, a, op, b, r = reduce_once(tokens)
             # no negatives mid-way (they would need '(-4)'), and products within the times tables
-            ok = ok and 0 <= r <= MAX_VALUE and not (op == "*" and min(a, b) > TIMES_TABLE)
+            ok = ok and 0 <= r <= MAX_VALUE and not (op == "*" and max(a, b) > TIMES_TABLE)
             step = f"{'brackets' if in_brackets else NAMES[op]}: {a} {op} {b} = {r}"
             lines.append(step if len(tokens) == 1 else f"{step} -> {show(tokens)}")
         if ok:

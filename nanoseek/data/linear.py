@@ -8,7 +8,7 @@ line: expand brackets, collect the x terms on the left, the numbers on the right
     subtract 11 from both sides: -2x = -10
     divide both sides by -2: x = 5
 
-Levels: 1 `x + b = d`; 2 `ax + b = d`; 3 `ax + b = cx + d`; 4 `a(x + b) + c = d`;
+Levels: 1 `x + b = d` (numbers within 21); 2 `ax + b = d`; 3 `ax + b = cx + d`; 4 `a(x + b) + c = d`;
 5 `a(x + b) + c = ex + f`."""
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def isolate(a: int, b: int, c: int, d: int) -> list[str]:
 
 
 def make(rng: random.Random, level: int) -> Problem:
-    x = rng.randint(0, 20) if level <= 2 else rng.randint(-10, 10)
+    x = rng.randint(0, 12) if level == 1 else rng.randint(0, 20) if level == 2 else rng.randint(-10, 10)
     a = 1 if level == 1 else rng.randint(2, 9)
-    b = rng.choice([-1, 1]) * rng.randint(1, 20)
+    b = rng.choice([-1, 1]) * rng.randint(1, 9 if level == 1 else 20)  # level 1: a sum or difference within 21
     if level == 1 and x < -b:
         b = -b  # keep level 1 free of negative numbers
     if level <= 3:

@@ -79,18 +79,26 @@ class Transformer(nn.Module):
     def losses(self, input_ids: torch.Tensor, labels: torch.Tensor) -> Losses:
         """Cross-entropies for (batch, seq) inputs and labels (labels[i] = t_{i+1}; -100 is ignored)."""
         h = self.hidden_states(input_ids)
-        main = _cross_entropy(self.lm_head(self.norm(h)), labels)
+        main = self._head_loss(self.norm, h, labels)
         mtp = []
         for k in range(1, len(self.mtp) + 1):
             T = input_ids.shape[1] - k
             if T <= 0:
                 break
             positions = self._positions(input_ids[:, :T], None)
-            h, logits = self.mtp_step(k - 1, h[:, :T], mtp_inputs(input_ids, k), positions)
-            mtp.append(_cross_entropy(logits, mtp_targets(labels, k)))
+            cos, sin = self.rotary(positions)
+            module = self.mtp[k - 1]
+            h = module(h[:, :T], self.embed_tokens(mtp_inputs(input_ids, k)), cos, sin)
+            mtp.append(self._head_loss(module.norm, h, mtp_targets(labels, k)))
         aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
         balance = torch.stack(aux).sum() if aux and self.training else main.new_zeros(())
         return Losses(main, mtp, balance)
+
+    def _head_loss(self, norm: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the positions that have a label; the output head (a fifth of a tiny model's
+        FLOPs) runs on those only, e.g. on the assistant tokens of an SFT batch."""
+        keep = labels != -100
+        return F.cross_entropy(self.lm_head(norm(h[keep])).float(), labels[keep])
 
     def moe_layers(self) -> list[MoE]:
         return [m for m in self.modules() if isinstance(m, MoE)]
@@ -108,6 +116,3 @@ class Transformer(nn.Module):
             loads.append(load)
         return loads
 
-
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)

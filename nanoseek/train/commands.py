@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanoseek.threads import passive_threads, set_threads
+from nanoseek.threads import spin_briefly, set_threads
 
 
 def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: int, seq_len: int, lr: float,
@@ -76,7 +76,7 @@ def _relaunch(args: argparse.Namespace) -> bool:
 def _training_run(args: argparse.Namespace, stage: str) -> None:
     import dataclasses
 
-    passive_threads()
+    spin_briefly()
     if _relaunch(args):
         return
     from nanoseek import distributed
@@ -130,7 +130,7 @@ def _training_done(result, stage: str, out: str) -> None:
 
 
 def pretrain_args(p: argparse.ArgumentParser) -> None:
-    _training_args(p, "pretrain", steps=360, batch=16, seq_len=256, lr=3e-3, save_every=100)
+    _training_args(p, "pretrain", steps=480, batch=16, seq_len=256, lr=3e-3, save_every=100)
 
 
 def pretrain_run(args: argparse.Namespace) -> None:
@@ -138,7 +138,7 @@ def pretrain_run(args: argparse.Namespace) -> None:
 
 
 def sft_args(p: argparse.ArgumentParser) -> None:
-    _training_args(p, "sft", steps=220, batch=16, seq_len=256, lr=3e-3, save_every=50)
+    _training_args(p, "sft", steps=300, batch=16, seq_len=256, lr=3e-3, save_every=50)
 
 
 def sft_run(args: argparse.Namespace) -> None:
@@ -166,7 +166,7 @@ def eval_run(args: argparse.Namespace) -> None:
     import dataclasses
     import json
 
-    passive_threads()
+    spin_briefly()
     from nanoseek.train.evaluate import EvalConfig, evaluate_checkpoint, format_report
 
     temperature = args.temperature if args.temperature is not None else (0.7 if args.samples > 1 else 0.0)
@@ -232,7 +232,7 @@ def grpo_args(p: argparse.ArgumentParser) -> None:
 def grpo_run(args: argparse.Namespace) -> None:
     import dataclasses
 
-    passive_threads()
+    spin_briefly()
     if _relaunch(args):
         return
     from nanoseek.errors import ConfigError
@@ -267,7 +267,7 @@ def rejection_sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def rejection_sample_run(args: argparse.Namespace) -> None:
-    passive_threads()
+    spin_briefly()
     from nanoseek.train.rejection import RejectionConfig, rejection_sample
 
     set_threads(args.threads)
@@ -312,7 +312,7 @@ def distill_args(p: argparse.ArgumentParser) -> None:
 def distill_run(args: argparse.Namespace) -> None:
     import dataclasses
 
-    passive_threads()
+    spin_briefly()
     from nanoseek.errors import ConfigError
     from nanoseek.train.distill import DEFAULT_TRAIN, DistillConfig, distill
 
@@ -342,7 +342,7 @@ def run_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> None:
-    passive_threads()
+    spin_briefly()
     from nanoseek.pipeline import run
 
     set_threads(args.threads)

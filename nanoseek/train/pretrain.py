@@ -45,7 +45,7 @@ class PretrainConfig:
 
 
 # The default budget: about 9 minutes on 2 CPU cores for the tiny preset (the limit is 10).
-DEFAULT_TRAIN = TrainConfig(max_steps=360, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50, save_every=100)
+DEFAULT_TRAIN = TrainConfig(max_steps=480, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50, save_every=100)
 
 
 class PretrainBatches:

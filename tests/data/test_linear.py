@@ -36,7 +36,8 @@ def test_solution_satisfies_every_line(level):
             left, right = line.split(": ")[-1].split(" = ")
             assert value(left, x) == value(right, x), (p.prompt, line)
         assert lines[-1].endswith(f"x = {x}")
-        if level == 1:  # no negative numbers anywhere
+        if level == 1:  # no negative numbers anywhere, and none above 21
             assert x >= 0 and not re.search(r"(^|[=:] )-", "\n".join([equation] + lines)), p
+            assert max(map(int, re.findall(r"\d+", equation))) <= 21, p
         if level >= 4:
             assert "(" in p.prompt and lines[1].startswith("expand: ")
