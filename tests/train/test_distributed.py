@@ -13,6 +13,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from nanoseek import distributed
 from nanoseek.cli import main
+from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
 from nanoseek.train.dist_checkpoint import consolidate
 
@@ -54,14 +55,15 @@ def test_two_processes_end_with_the_weights_of_one(runs, run):
 
 
 def test_expert_parallelism_keeps_each_expert_on_one_rank(runs):
-    """In the checkpoint, rank 0 wrote experts 0-3 of every MoE layer and rank 1 experts 4-7; FSDP-sharded weights
-    come from both ranks."""
+    """In the checkpoint, rank 0 wrote the first half of every MoE layer's experts and rank 1 the second half;
+    FSDP-sharded weights come from both ranks."""
     metadata = FileSystemReader(runs / "ep" / "checkpoints" / "step-000006").read_metadata()
     writers: dict[str, set[str]] = {}
     for index, info in metadata.storage_data.items():
         writers.setdefault(index.fqn, set()).add(info.relative_path.split("_")[2])  # __R_0.distcp -> R
-    for e in range(8):
-        assert writers[f"model.layers.1.mlp.experts.{e}.up_proj.weight"] == {"0" if e < 4 else "1"}
+    n = ModelConfig.from_preset("tiny").n_routed_experts
+    for e in range(n):
+        assert writers[f"model.layers.1.mlp.experts.{e}.up_proj.weight"] == {"0" if e < n // 2 else "1"}
     assert writers["model.layers.1.self_attn.o_proj.weight"] == {"0", "1"}
 
 
