@@ -71,10 +71,14 @@ class Transformer(nn.Module):
                  cache=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run MTP module `depth` (0-based) on h_prev and the embeddings of next_ids at `positions`;
         returns (its hidden state, logits through the shared head)."""
+        h = self.mtp_hidden(depth, h_prev, next_ids, positions, cache)
+        return h, self.lm_head(self.mtp[depth].norm(h))
+
+    def mtp_hidden(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor,
+                   cache=None) -> torch.Tensor:
+        """`mtp_step`'s hidden state alone, for callers that apply the head to some positions only."""
         cos, sin = self.rotary(positions)
-        module = self.mtp[depth]
-        h = module(h_prev, self.embed_tokens(next_ids), cos, sin, cache, positions)
-        return h, self.lm_head(module.norm(h))
+        return self.mtp[depth](h_prev, self.embed_tokens(next_ids), cos, sin, cache, positions)
 
     def losses(self, input_ids: torch.Tensor, labels: torch.Tensor) -> Losses:
         """Cross-entropies for (batch, seq) inputs and labels (labels[i] = t_{i+1}; -100 is ignored)."""
@@ -86,10 +90,8 @@ class Transformer(nn.Module):
             if T <= 0:
                 break
             positions = self._positions(input_ids[:, :T], None)
-            cos, sin = self.rotary(positions)
-            module = self.mtp[k - 1]
-            h = module(h[:, :T], self.embed_tokens(mtp_inputs(input_ids, k)), cos, sin)
-            mtp.append(self._head_loss(module.norm, h, mtp_targets(labels, k)))
+            h = self.mtp_hidden(k - 1, h[:, :T], mtp_inputs(input_ids, k), positions)
+            mtp.append(self._head_loss(self.mtp[k - 1].norm, h, mtp_targets(labels, k)))
         aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
         balance = torch.stack(aux).sum() if aux and self.training else main.new_zeros(())
         return Losses(main, mtp, balance)
