@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from nanoseek.errors import NanoseekError
-from nanoseek.threads import spin_briefly, set_threads
+from nanoseek.threads import set_threads, spin_briefly
 from nanoseek.train.commands import (distill_args, distill_run, eval_args, eval_run, grpo_args, grpo_run, plot_args,
                                      plot_run, pretrain_args, pretrain_run, rejection_sample_args,
                                      rejection_sample_run, run_args, run_run, sft_args, sft_run)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanoseek.threads import spin_briefly, set_threads
+from nanoseek.threads import set_threads, spin_briefly
 
 
 def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: int, seq_len: int, lr: float,
