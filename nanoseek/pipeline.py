@@ -86,7 +86,9 @@ def recipe(size: str = "default") -> Recipe:
     """The stages and budgets of `nanoseek run` ("default", "quick" or the CI's "smoke")."""
     if size not in RECIPE_SIZES:
         raise ConfigError(f"recipe {size!r}: expected one of {RECIPE_SIZES}")
-    steps = {"default": dict(pretrain=480, sft=300, zero=30, grpo=80, rft=40, final=30, questions=384, evals=200),
+    # the default pretraining and SFT budgets are those of `nanoseek pretrain` and `nanoseek sft`
+    steps = {"default": dict(pretrain=PRETRAIN_TRAIN.max_steps, sft=SFT_TRAIN.max_steps, zero=30, grpo=80, rft=40,
+                             final=30, questions=384, evals=200),
              "quick": dict(pretrain=90, sft=60, zero=8, grpo=16, rft=12, final=8, questions=96, evals=100),
              "smoke": dict(pretrain=2, sft=2, zero=2, grpo=2, rft=2, final=2, questions=4, evals=4)}[size]
     smoke = size == "smoke"
