@@ -80,21 +80,22 @@ class Transformer(nn.Module):
         cos, sin = self.rotary(positions)
         return self.mtp[depth](h_prev, self.embed_tokens(next_ids), cos, sin, cache, positions)
 
-    def losses(self, input_ids: torch.Tensor, labels: torch.Tensor) -> Losses:
-        """Cross-entropies for (batch, seq) inputs and labels (labels[i] = t_{i+1}; -100 is ignored)."""
+    def losses(self, input_ids: torch.Tensor, labels: torch.Tensor, mtp: bool = True) -> Losses:
+        """Cross-entropies for (batch, seq) inputs and labels (labels[i] = t_{i+1}; -100 is ignored); with
+        mtp=False the MTP modules do not run (their losses are left out)."""
         h = self.hidden_states(input_ids)
         main = self._head_loss(self.norm, h, labels)
-        mtp = []
-        for k in range(1, len(self.mtp) + 1):
+        mtp_losses = []
+        for k in range(1, len(self.mtp) + 1 if mtp else 1):
             T = input_ids.shape[1] - k
             if T <= 0:
                 break
             positions = self._positions(input_ids[:, :T], None)
             h = self.mtp_hidden(k - 1, h[:, :T], mtp_inputs(input_ids, k), positions)
-            mtp.append(self._head_loss(self.mtp[k - 1].norm, h, mtp_targets(labels, k)))
+            mtp_losses.append(self._head_loss(self.mtp[k - 1].norm, h, mtp_targets(labels, k)))
         aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
         balance = torch.stack(aux).sum() if aux and self.training else main.new_zeros(())
-        return Losses(main, mtp, balance)
+        return Losses(main, mtp_losses, balance)
 
     def _head_loss(self, norm: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the positions that have a label; the output head (a fifth of a tiny model's

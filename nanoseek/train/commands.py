@@ -10,7 +10,7 @@ from nanoseek.threads import set_threads, spin_briefly
 
 
 def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: int, seq_len: int, lr: float,
-                   save_every: int) -> None:
+                   save_every: int, mtp_weight: float = 0.3) -> None:
     """Flags shared by the training stages; None means the stage's calibrated default (train/<stage>.py)."""
     p.add_argument("--preset", default="tiny" if stage == "pretrain" else None,
                    help="model shape (default: tiny)" if stage == "pretrain" else "when given, --init must have this shape")
@@ -41,7 +41,8 @@ def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: in
     p.add_argument("--seed", type=int, default=None, help="seed of the initial weights and the data (default: 0)")
     p.add_argument("--gamma", type=float, default=None,
                    help="routing-bias update speed of aux-loss-free balancing, V3 §2.1.2 (default: 0.001)")
-    p.add_argument("--mtp-weight", type=float, default=None, help="MTP loss weight λ, V3 §2.2 (default: 0.3)")
+    p.add_argument("--mtp-weight", type=float, default=None, help=f"MTP loss weight λ, V3 §2.2; 0 skips the MTP module "
+                        f"(default: {mtp_weight:g})")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on GPUs and AMX CPUs only)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -138,7 +139,7 @@ def pretrain_run(args: argparse.Namespace) -> None:
 
 
 def sft_args(p: argparse.ArgumentParser) -> None:
-    _training_args(p, "sft", steps=300, batch=16, seq_len=256, lr=3e-3, save_every=50)
+    _training_args(p, "sft", steps=600, batch=8, seq_len=256, lr=3e-3, save_every=100, mtp_weight=0.0)
 
 
 def sft_run(args: argparse.Namespace) -> None:

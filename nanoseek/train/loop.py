@@ -134,10 +134,11 @@ class TrainResult:
 
 def lm_loss(mtp_weight: float, balance_weight: float) -> LossFn:
     """Next-token loss with MTP and the sequence-wise balance term, L = L_main + λ/D Σ_k L_MTP^k + α L_bal
-    (V3 Eq. 25 and 17), for batches of `input_ids` and `labels` (-100 where no loss is taken)."""
+    (V3 Eq. 25 and 17), for batches of `input_ids` and `labels` (-100 where no loss is taken). With λ = 0 the
+    MTP modules do not run: they cost a third of a tiny model's step."""
 
     def loss_fn(model: Transformer, batch: dict[str, torch.Tensor]) -> StepLoss:
-        losses = model.losses(batch["input_ids"], batch["labels"])
+        losses = model.losses(batch["input_ids"], batch["labels"], mtp=mtp_weight > 0)
         logs = {"main_loss": losses.main.item(), "balance_loss": losses.balance.item()}
         if losses.mtp:
             logs["mtp_loss"] = sum(l.item() for l in losses.mtp) / len(losses.mtp)
@@ -190,11 +191,14 @@ def accumulate_gradients(model: Transformer, micro_batches: list[dict[str, torch
 
 
 def make_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (projections, experts, embeddings), none on norms."""
+    """AdamW; weight decay on matrices (projections, experts, embeddings), none on norms. The fused kernel
+    updates all tensors in one call (5 ms a step for the tiny preset on 2 CPU cores, against 33 ms for the
+    per-tensor loop); sharded (FSDP2) parameters take the default implementation."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
+                             fused=None if distributed.active() else True)
 
 
 def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: TrainConfig, out: str | Path,
@@ -208,6 +212,8 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
+    if config.mtp_weight == 0:  # no MTP loss: freeze the modules, so that neither weight decay nor FSDP's zero
+        model.mtp.requires_grad_(False)  # gradients move them (one process never gives them gradients)
     optimizer = make_optimizer(model, config)
     step, tokens, flops, elapsed, bad, checkpoint = 0, 0, 0.0, 0.0, 0, None
     if resume:
@@ -308,9 +314,10 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
             if ok:
                 last_loss = record["loss"]
             bar.update(1)
-            bar.set_postfix(postfix(record) if postfix else
-                            dict(loss=f"{last_loss:.3f}", mtp=f"{record.get('mtp_loss', float('nan')):.3f}",
-                                 tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}"), refresh=False)
+            shown = dict(loss=f"{last_loss:.3f}", tok_s=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}")
+            if "mtp_loss" in record:
+                shown["mtp"] = f"{record['mtp_loss']:.3f}"
+            bar.set_postfix(postfix(record) if postfix else shown, refresh=False)
             if distributed.active():  # every rank stops at the same step
                 stop_all = distributed.all_reduce(torch.tensor(int(stop.is_set())), "max")
                 if stop_all:
