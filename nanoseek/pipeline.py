@@ -37,7 +37,7 @@ from nanoseek.cost import flops_per_token, measure_matmul_peak
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import ConfigError
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.train.data import eval_problems
+from nanoseek.train.data import DIFFICULTY, eval_problems
 from nanoseek.train.distill import (DEFAULT_TRAIN as DISTILL_TRAIN, TRACES, DistillConfig, distill, student_model,
                                     teacher_traces)
 from nanoseek.train.evaluate import EvalConfig, evaluate
@@ -259,7 +259,8 @@ def run_rejection_sft(ctx: Context, stage: Stage, folder: Path) -> dict:
     start = time.perf_counter()
     if not (data / "counts.json").is_file():
         data.mkdir(parents=True, exist_ok=True)
-        save_jsonl(generate_mix(stage.settings.questions, REJECTION_SEED, "train"), data / "prompts.jsonl")
+        # the level every other stage trains and evaluates at (the tasks' own default is harder)
+        save_jsonl(generate_mix(stage.settings.questions, REJECTION_SEED, "train", DIFFICULTY), data / "prompts.jsonl")
         config = dataclasses.replace(stage.settings.sampling, checkpoint=_init(ctx, stage),
                                      prompts=str(data / "prompts.jsonl"))
         counts = rejection_sample(config, data / "samples.jsonl")

@@ -41,8 +41,8 @@ def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: in
     p.add_argument("--seed", type=int, default=None, help="seed of the initial weights and the data (default: 0)")
     p.add_argument("--gamma", type=float, default=None,
                    help="routing-bias update speed of aux-loss-free balancing, V3 §2.1.2 (default: 0.001)")
-    p.add_argument("--mtp-weight", type=float, default=None, help=f"MTP loss weight λ, V3 §2.2; 0 skips the MTP module "
-                        f"(default: {mtp_weight:g})")
+    p.add_argument("--mtp-weight", type=float, default=None,
+                   help=f"MTP loss weight λ, V3 §2.2; 0 skips the MTP module (default: {mtp_weight:g})")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on GPUs and AMX CPUs only)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")

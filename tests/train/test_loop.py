@@ -101,6 +101,19 @@ def test_metrics_line_per_step(tmp_path):
     assert result.step == 3 and result.tokens == 3 * 4 * 16 and 0 < result.mfu < 1
 
 
+def test_zero_mtp_weight_skips_and_freezes_the_mtp_module(tmp_path):
+    model = small_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = TrainConfig(max_steps=2, batch_size=4, save_every=100, mtp_weight=0.0)
+    train(model, RandomBatches(), lm_loss(0.0, 1e-4), config, tmp_path)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and not any(n.startswith("mtp.") for n in moved)
+    assert any(n.startswith("layers.") for n in moved)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("mtp_loss" not in r for r in records)
+    assert [sum(layer) for layer in records[-1]["expert_tokens"]] == [4 * 16 * 2, 0]  # the MTP block's MoE is idle
+
+
 def test_resume_is_bit_identical_and_keeps_last_k(tmp_path):
     config = TrainConfig(max_steps=6, batch_size=4, micro_batch_size=2, lr=1e-2, warmup_steps=2, save_every=2,
                          keep_last=2)
