@@ -86,7 +86,8 @@ class Transformer(nn.Module):
         h = self.hidden_states(input_ids)
         main = self._head_loss(self.norm, h, labels)
         mtp_losses = []
-        for k in range(1, len(self.mtp) + 1 if mtp else 1):
+        depths = len(self.mtp) if mtp else 0
+        for k in range(1, depths + 1):
             T = input_ids.shape[1] - k
             if T <= 0:
                 break
