@@ -6,7 +6,7 @@ stay quantized in memory and run torch's CPU kernels, the rest of those models i
 as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
 scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
 
-Accuracy: greedy answers to held-out problems (`generate_mix(split="eval")`, or --eval-data, a JSONL from
+Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `train.data.eval_problems`, or --eval-data, a JSONL from
 `nanoseek data`), prompted with the chat template and judged by the task's verifier on the text after </think>;
 it needs the checkpoint's tokenizer.json and prints n/a without one. Decode: tokens/s of batch-1 greedy decoding
 over the latent cache after a 32-token prompt; the formats take turns, --repeats rounds, and each keeps its best
@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
-from nanoseek.data import Problem, generate_mix, verify
+from nanoseek.data import Problem, verify
 from nanoseek.infer.kv_cache import LatentCache
 from nanoseek.model import Transformer
 from nanoseek.quant import Int4Linear, Int8Linear, quantized_bytes
 from nanoseek.tokenizer import END_THINK, Tokenizer, chat_ids
+from nanoseek.train.data import eval_problems
 from nanoseek.train.evaluate import generate
 
 FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
@@ -84,7 +85,7 @@ def main() -> None:
         lines = Path(args.eval_data).read_text(encoding="utf-8").splitlines()
         problems = [Problem.from_row(json.loads(line)) for line in lines if line.strip()]
     else:
-        problems = generate_mix(args.n, seed=0, split="eval")
+        problems = eval_problems(args.n)
     model = load_checkpoint(src)
     params = sum(p.numel() for p in model.parameters())
     print(f"{src}: {params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, "

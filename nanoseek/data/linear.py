@@ -5,16 +5,20 @@ line: expand brackets, collect the x terms on the left, the numbers on the right
     expand: 2x + 6 + 5 = 4x + 1
     combine: 2x + 11 = 4x + 1
     subtract 4x from both sides: -2x + 11 = 1
-    subtract 11 from both sides: -2x = -10
+    subtract 11 from both sides: -2x = 1 - 11 = -10
     divide both sides by -2: x = 5
 
 Levels: 1 `x + b = d` (numbers within 21); 2 `ax + b = d`; 3 `ax + b = cx + d`; 4 `a(x + b) + c = d`;
-5 `a(x + b) + c = ex + f`."""
+5 `a(x + b) + c = ex + f`. The unknown is one of several letters (`Solve for n: n - 2 = 9`), which keeps level
+1's few hundred equations from repeating in the held-out set."""
 from __future__ import annotations
 
 import random
+import re
 
 from nanoseek.data.problem import Problem, Task, check_number
+
+UNKNOWNS = "xyznmk"
 
 
 def term(coef: int) -> str:
@@ -43,8 +47,8 @@ def isolate(a: int, b: int, c: int, d: int) -> list[str]:
         lines.append(f"{move} both sides: {side(a, b)} = {d}")
     if b:
         move = f"subtract {b} from" if b > 0 else f"add {-b} to"
+        lines.append(f"{move} both sides: {term(a)} = {d}{plus(-b)} = {d - b}")
         b, d = 0, d - b
-        lines.append(f"{move} both sides: {term(a)} = {d}")
     if a != 1:
         lines.append(f"divide both sides by {a}: x = {d // a}")
     return lines
@@ -72,7 +76,9 @@ def make(rng: random.Random, level: int) -> Problem:
             lines.append(f"combine: {side(a, a * b + k)} = {right}")
         b = a * b + k
     lines = [text] + lines + isolate(a, b, c, d)
-    return Problem(task="linear", prompt=f"Solve for x: {text}", reasoning="\n".join(lines), answer=str(x))
+    unknown = rng.choice(UNKNOWNS)
+    text, reasoning = (re.sub(r"(?<![a-z])x(?![a-z])", unknown, s) for s in (text, "\n".join(lines)))  # not "expand"
+    return Problem(task="linear", prompt=f"Solve for {unknown}: {text}", reasoning=reasoning, answer=str(x))
 
 
 TASK = Task(name="linear", make=make, check=check_number, default_difficulty=2)

@@ -4,11 +4,13 @@
   the default `pretrain` then `sft` on a 2-core CPU lands between 30% and 85% held-out accuracy (room for RL).
 - Text is split into training and held-out documents by a hash of each document (`data.problem.split_of`, the
   rule the task generators use), so validation loss and the MTP accuracy are measured on text never trained on.
-- The default evaluation set is the held-out split of the all-task mix, drawn with its own seed.
+- The default evaluation set is the held-out split of the all-task mix, drawn with its own seed, each problem
+  once: a task's held-out split at level 1 holds only about a hundred problems, and drawn with repeats a few of them
+  would weigh several times in the accuracy.
 """
 from __future__ import annotations
 
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -16,7 +18,8 @@ import torch
 
 from nanoseek.data.mix import Packer, mix_documents
 from nanoseek.data.problem import Problem, split_of
-from nanoseek.data.tasks import generate_mix
+from nanoseek.data.tasks import TASKS, check_count, stream
+from nanoseek.errors import ConfigError
 from nanoseek.data.text import read_documents, stdlib_documents
 from nanoseek.tokenizer import Tokenizer
 
@@ -63,5 +66,20 @@ def heldout_sequences(tokenizer: Tokenizer, text: Callable[[], Iterator[str]], n
 
 
 def eval_problems(n: int = EVAL_PROBLEMS, difficulty: int | None = DIFFICULTY, seed: int = EVAL_SEED) -> list[Problem]:
-    """The default evaluation set: n held-out problems, the four tasks in turn."""
-    return generate_mix(n, seed, "eval", difficulty)
+    """The default evaluation set: n distinct held-out problems, the four tasks in turn."""
+    tasks = [_distinct(stream(task, seed, "eval", difficulty), difficulty) for task in TASKS]
+    return list(islice(chain.from_iterable(zip(*tasks)), check_count(n)))
+
+
+def _distinct(problems: Iterator[Problem], difficulty: int | None, patience: int = 10_000) -> Iterator[Problem]:
+    """The problems without repeats; ConfigError when `patience` draws in a row bring nothing new."""
+    seen: set[str] = set()
+    misses = 0
+    for p in problems:
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            misses = 0
+            yield p
+        elif (misses := misses + 1) > patience:
+            raise ConfigError(f"the held-out {p.task} problems at difficulty {difficulty} number only {len(seen)}: "
+                              f"ask for at most {len(seen) * len(TASKS)} problems")

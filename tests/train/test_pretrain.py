@@ -1,11 +1,14 @@
-"""Tests for nanoseek/train/pretrain.py and train/data.py: packed batches, epochs, and the data position."""
+"""Tests for nanoseek/train/pretrain.py and train/data.py: packed batches, epochs, the data position, the held-out
+sets."""
 import json
 
 import pytest
 import torch
 
-from nanoseek.errors import DataError
-from nanoseek.train.data import heldout_sequences, split_text, text_source
+from nanoseek.data.problem import split_of
+from nanoseek.data.tasks import TASKS
+from nanoseek.errors import ConfigError, DataError
+from nanoseek.train.data import eval_problems, heldout_sequences, split_text, text_source
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.pretrain import PretrainBatches, PretrainConfig
 
@@ -55,3 +58,15 @@ def test_heldout_text_is_disjoint(text_file):
     assert train and held and not train & held and len(train) + len(held) == 60
     rows = heldout_sequences(TOKENIZER, text, 2, 16)
     assert rows is not None and rows.shape == (2, 17)
+
+
+def test_eval_problems_are_distinct_and_all_tasks_in_turn():
+    problems = eval_problems(200)
+    assert len({p.prompt for p in problems}) == 200
+    assert [p.task for p in problems[:8]] == [*TASKS] * 2
+    assert all(split_of(p.prompt) == "eval" for p in problems)
+
+
+def test_more_eval_problems_than_a_level_holds_names_the_task_and_count():
+    with pytest.raises(ConfigError, match=r"held-out (linear|countdown) problems at difficulty 1 number only \d+"):
+        eval_problems(2000, difficulty=1)
