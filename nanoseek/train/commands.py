@@ -131,7 +131,7 @@ def _training_done(result, stage: str, out: str) -> None:
 
 
 def pretrain_args(p: argparse.ArgumentParser) -> None:
-    _training_args(p, "pretrain", steps=480, batch=16, seq_len=256, lr=3e-3, save_every=100)
+    _training_args(p, "pretrain", steps=420, batch=16, seq_len=256, lr=3e-3, save_every=100)
 
 
 def pretrain_run(args: argparse.Namespace) -> None:
@@ -139,7 +139,7 @@ def pretrain_run(args: argparse.Namespace) -> None:
 
 
 def sft_args(p: argparse.ArgumentParser) -> None:
-    _training_args(p, "sft", steps=600, batch=8, seq_len=256, lr=3e-3, save_every=100, mtp_weight=0.0)
+    _training_args(p, "sft", steps=500, batch=8, seq_len=256, lr=3e-3, save_every=100, mtp_weight=0.0)
 
 
 def sft_run(args: argparse.Namespace) -> None:
@@ -269,15 +269,14 @@ def rejection_sample_args(p: argparse.ArgumentParser) -> None:
 
 def rejection_sample_run(args: argparse.Namespace) -> None:
     spin_briefly()
-    from nanoseek.train.rejection import RejectionConfig, rejection_sample
+    from nanoseek.train.rejection import RejectionConfig, rejected, rejection_sample
 
     set_threads(args.threads)
     config = RejectionConfig(checkpoint=args.checkpoint, prompts=args.prompts, k=args.k, temperature=args.temperature,
                              max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device)
     c = rejection_sample(config, args.out)
     print(f"kept {c['kept']} of {c['samples']} completions ({c['questions_solved']} of {c['questions']} questions "
-          f"have one); rejected: {c['truncated']} truncated, {c['format']} ill-formed, {c['language']} "
-          f"mixed-language, {c['incorrect']} incorrect, {c['duplicate']} duplicates; wrote {args.out}")
+          f"have one); rejected: {rejected(c)}; wrote {args.out}")
 
 
 def distill_args(p: argparse.ArgumentParser) -> None:

@@ -36,7 +36,7 @@ from nanoseek.errors import CheckpointError, ConfigError, DataError
 from nanoseek.model import Transformer
 from nanoseek.train.data import DIFFICULTY, eval_problems
 from nanoseek.train.loop import LossFn, StepLoss, TrainConfig, TrainResult, lm_loss, train
-from nanoseek.train.rejection import RejectionConfig, rejection_sample
+from nanoseek.train.rejection import RejectionConfig, rejected, rejection_sample
 from nanoseek.train.sft import SFTBatches, SFTConfig, check_sft_files, encode, pad_batch, validation_loss
 from nanoseek.train.stage import check_out, device_of, finish, from_dict, load_run, save_run, stage_tokenizer
 
@@ -164,8 +164,7 @@ def distill(config: DistillConfig, train_config: TrainConfig, out: str | Path, r
     if counts is not None and counts["kept"] == 0:
         shutil.rmtree(out)  # check_out found it empty or absent: all of it is this run's
         raise DataError(f"teacher {config.teacher} kept none of its {counts['samples']} completions "
-                        f"({counts['truncated']} truncated, {counts['format']} ill-formed, {counts['language']} "
-                        f"mixed-language, {counts['incorrect']} incorrect): nothing to distil; give a trained "
+                        f"({rejected(counts)}): nothing to distil; give a trained "
                         f"teacher, more prompts or samples, or a lower temperature")
     traces = config.traces or str(out / TRACES)
     batches = SFTBatches((traces,), tokenizer, SFTConfig(seq_len=config.seq_len, difficulty=config.difficulty),

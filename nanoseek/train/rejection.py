@@ -3,14 +3,20 @@ verified-correct, well-formed ones, each distinct completion of a question once,
 
 A completion is kept when the task's verifier accepts its answer (the accuracy reward), it has the R1 shape
 (`<think>` and `</think>` once each, then an answer: the format reward), and its chain of thought is wholly in the
-target language (the language-consistency reward at 1; R1 §2.3.3 filters out mixed-language reasoning). The rows
+target language (the language-consistency reward at 1; R1 §2.3.3 filters out mixed-language reasoning), and no
+worked step of it is false arithmetic. That last rule stands in, for our procedural tasks, for the judging of whole
+chains of thought R1 §2.3.3 leaves to a model: a small policy often reaches a right answer through a wrong step
+("8 - 5 = 1", then an answer that happens to verify), and fine-tuning on such a trace teaches the wrong fact. The
+rows
 are problem rows, {"prompt", "reasoning", "answer", "task", ...} with the model's own reasoning and answer and the
 problem's verifier fields, so `nanoseek sft --data` reads them and `nanoseek eval --data` could re-check them.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from tqdm import tqdm
 
 from nanoseek.atomic import open_atomic
 from nanoseek.checkpoint import load_checkpoint
+from nanoseek.data.countdown import value
 from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.tokenizer import Tokenizer
@@ -46,19 +53,48 @@ class RejectionConfig:
                               "all be the same)")
 
 
+# Why a completion is rejected, as the counts name it and as a report says it.
+REJECTIONS = {"truncated": "truncated", "format": "ill-formed", "language": "mixed-language", "incorrect": "incorrect",
+              "false_step": "with a false step", "duplicate": "duplicates"}
+
+# A worked step: integers joined by + - * / then "= value", at the start of a line or after ": ", "; ", "= ", "try "
+# or "So " ("2*3 = 6", "add: 8 + 9 = 17", "x = 9 - 5 = 4", "try 7 - 1 = 6"), its value not followed by more terms.
+_STEP = re.compile(r"(?:^|(?<=: )|(?<=; )|(?<== )|(?<=try )|(?<=So ))(\d+(?: ?[-+*/] ?\d+)+) = (-?\d+)(?!\d| ?[-+*/] ?\d)",
+                   re.MULTILINE)
+
+
+def false_step(reasoning: str) -> str | None:
+    """The first worked step of `reasoning` whose arithmetic is wrong ("8 - 5 = 1"), or None. Not judged: a step
+    starting with a negative number, and one the countdown verifier's exact arithmetic cannot value (an inexact
+    division)."""
+    for m in _STEP.finditer(reasoning):
+        worked = value(ast.parse(m[1], mode="eval").body, [])
+        if worked is not None and worked != int(m[2]):
+            return m[0]
+    return None
+
+
 def judge(completion: str, problem) -> str:
-    """Why a completion is rejected ("format", "language", "incorrect"), or "kept"."""
+    """Why a completion is rejected ("format", "language", "incorrect", "false_step"), or "kept"."""
     parts = split_completion(completion)
     if parts is None:
         return "format"
     if language_reward(completion) < 1:
         return "language"
-    return "kept" if accuracy_reward(completion, problem) else "incorrect"
+    if not accuracy_reward(completion, problem):
+        return "incorrect"
+    return "false_step" if false_step(parts[0]) else "kept"
+
+
+def rejected(counts: dict) -> str:
+    """'2 truncated, 0 ill-formed, ...': the rejections of rejection_sample's counts (one written before a reason
+    existed counts 0 of it)."""
+    return ", ".join(f"{counts.get(key, 0)} {words}" for key, words in REJECTIONS.items())
 
 
 def rejection_sample(config: RejectionConfig, out: str | Path) -> dict:
     """Write the kept rows to `out` (JSONL, atomically); returns the counts: questions, samples, each rejection
-    reason (truncated at max_new_tokens, format, language, incorrect, duplicate), rows kept, questions with at
+    reason (REJECTIONS: truncated at max_new_tokens, format, language, incorrect, false step, duplicate), rows kept, questions with at
     least one row, tokens generated and the mean length of prompt + completion."""
     problems = load_problems(EvalConfig(data=config.prompts))   # a bad file fails before the model loads
     out = Path(out)
@@ -72,8 +108,8 @@ def rejection_sample(config: RejectionConfig, out: str | Path) -> dict:
     requests = {engine.add_request(prompt_ids(tokenizer, p, []),
                                    dataclasses.replace(params, seed=config.seed + j * config.k)): p
                 for j, p in enumerate(problems)}
-    counts = {"questions": len(problems), "samples": 0, "truncated": 0, "format": 0, "language": 0, "incorrect": 0,
-              "duplicate": 0, "kept": 0, "generated_tokens": 0}
+    counts = {"questions": len(problems), "samples": 0, **dict.fromkeys(REJECTIONS, 0), "kept": 0,
+              "generated_tokens": 0}
     context = 0
     seen: set[tuple[str, str, str]] = set()
     solved: set[int] = set()

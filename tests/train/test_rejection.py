@@ -9,11 +9,11 @@ from train_helpers import small_model
 from nanoseek.checkpoint import save_checkpoint
 from nanoseek.cli import main
 from nanoseek.data.problem import Problem
-from nanoseek.data.tasks import save_jsonl, verify
+from nanoseek.data.tasks import TASKS, generate, save_jsonl, verify
 from nanoseek.tokenizer import EOS
 from nanoseek.train import rejection
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.rejection import RejectionConfig, judge, rejection_sample
+from nanoseek.train.rejection import RejectionConfig, false_step, judge, rejection_sample
 from nanoseek.train.sft import SFTBatches, SFTConfig, read_rows
 
 TOKENIZER = default_tokenizer()
@@ -29,9 +29,32 @@ COUNTDOWN = Problem(task="countdown", prompt="Using the numbers 2, 5, 7 (each at
     ("2 + 3 = 5\n\n5", "format"),                                 # no thinking
     ("<think>\n2 + 3 = 5\n</think>\n\n", "format"),               # no answer
     ("<think>\nдва плюс три = 5\n</think>\n\n5", "language"),     # reasoning in another language
+    ("<think>\n2 + 3 = 4\n4 + 1 = 5\n</think>\n\n5", "false_step"),  # the right answer through a wrong step
 ])
 def test_judge(completion, verdict):
     assert judge(completion, ADD) == verdict
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_worked_traces_have_no_false_step(task):
+    for level in range(1, 6):
+        assert all(false_step(p.reasoning) is None for p in generate(task, 100, seed=level, split="train",
+                                                                      difficulty=level))
+
+
+@pytest.mark.parametrize("reasoning, step", [
+    ("92 * 3: 2*3 = 6, write 6; 9*3 = 28, write 28 -> 286", "9*3 = 28"),
+    ("(8 - 5) * 7\nbrackets: 8 - 5 = 1 -> 1 * 7\nmultiply: 1 * 7 = 7", "8 - 5 = 1"),
+    ("x + 5 = 9\nsubtract 5 from both sides: x = 9 - 5 = 6", "9 - 5 = 6"),
+    ("-2x = 1 - 11 = -9", "1 - 11 = -9"),
+    ("target 3 from 2, 6, 9\ntry 9 - 2 = 7: off by 4\nSo 9 - 6 = 4.", "9 - 6 = 4"),
+    ("try 8 / 2 * 3 = 16: no", "8 / 2 * 3 = 16"),                 # the precedence of the operators
+    ("expand: 2n + 6 - 11 = 1\ncombine: 2n - 5 = 1", None),      # equations in the unknown are not claims
+    ("add 5 to both sides: 2n = -10 + 6 = -4", None),              # a negative first term is not judged
+    ("add: 8 + 9 = 17 -> 17 - 6\nsubtract: 17 - 6 = 11", None),
+])
+def test_false_step(reasoning, step):
+    assert false_step(reasoning) == step
 
 
 class ScriptedEngine:
@@ -55,7 +78,7 @@ class ScriptedEngine:
 
 SCRIPT = [
     [f"<think>\n2 + 3 = 5\n</think>\n\n5{EOS}", f"<think>\n2 + 3 = 5\n</think>\n\n5{EOS}",     # kept, duplicate
-     f"<think>\n3 + 2 = 5\n</think>\n\n 5{EOS}", f"<think>\n2 + 3 = 5\n</think>\n\n6{EOS}",    # kept, incorrect
+     f"<think>\n3 + 2 = 5\n</think>\n\n 5{EOS}", f"<think>\n2 + 3 = 6\n6 - 1 = 5\n</think>\n\n5{EOS}",  # kept, false step
      "<think>\n2 + 3 = 5\n</think>\n\n5"],                                                    # truncated (no eos)
     [f"<think>\ntry 5 * 2 = 10: yes\n</think>\n\n2 * 5{EOS}", f"<think>\nguess\n</think>{EOS}",  # kept, format
      f"<think>\ntry 7 + 2 = 9\n</think>\n\n7 + 2{EOS}",                                         # incorrect
@@ -74,7 +97,8 @@ def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatc
     out = tmp_path / "kept.jsonl"
     counts = rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5), out)
     assert counts | {"generated_tokens": 0, "context": 0} == {
-        "questions": 2, "samples": 10, "truncated": 1, "format": 2, "language": 1, "incorrect": 2, "duplicate": 1,
+        "questions": 2, "samples": 10, "truncated": 1, "format": 2, "language": 1, "incorrect": 1, "false_step": 1,
+        "duplicate": 1,
         "kept": 3, "questions_solved": 2, "generated_tokens": 0, "context": 0}
     rows = list(read_rows(out))
     assert [(r["prompt"], r["reasoning"], r["answer"]) for r in rows] == [
