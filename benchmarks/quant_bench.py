@@ -6,8 +6,9 @@ stay quantized in memory and run torch's CPU kernels, the rest of those models i
 as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
 scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
 
-Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `train.data.eval_problems`, or --eval-data, a JSONL from
-`nanoseek data`), prompted with the chat template and judged by the task's verifier on the text after </think>;
+Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `train.data.eval_problems`, or
+--eval-data, a JSONL from `nanoseek data`), prompted with the chat template and judged by the task's verifier on the
+text after </think>;
 it needs the checkpoint's tokenizer.json and prints n/a without one. Decode: tokens/s of batch-1 greedy decoding
 over the latent cache after a 32-token prompt; the formats take turns, --repeats rounds, and each keeps its best
 run, so a load that comes and goes on a shared machine hits them all alike.

@@ -19,8 +19,8 @@ import torch
 from nanoseek.data.mix import Packer, mix_documents
 from nanoseek.data.problem import Problem, split_of
 from nanoseek.data.tasks import TASKS, check_count, stream
-from nanoseek.errors import ConfigError
 from nanoseek.data.text import read_documents, stdlib_documents
+from nanoseek.errors import ConfigError
 from nanoseek.tokenizer import Tokenizer
 
 DIFFICULTY = 1

@@ -7,9 +7,8 @@ target language (the language-consistency reward at 1; R1 §2.3.3 filters out mi
 worked step of it is false arithmetic. That last rule stands in, for our procedural tasks, for the judging of whole
 chains of thought R1 §2.3.3 leaves to a model: a small policy often reaches a right answer through a wrong step
 ("8 - 5 = 1", then an answer that happens to verify), and fine-tuning on such a trace teaches the wrong fact. The
-rows
-are problem rows, {"prompt", "reasoning", "answer", "task", ...} with the model's own reasoning and answer and the
-problem's verifier fields, so `nanoseek sft --data` reads them and `nanoseek eval --data` could re-check them.
+rows are problem rows, {"prompt", "reasoning", "answer", "task", ...} with the model's own reasoning and answer and
+the problem's verifier fields, so `nanoseek sft --data` reads them and `nanoseek eval --data` could re-check them.
 """
 from __future__ import annotations
 
@@ -59,8 +58,8 @@ REJECTIONS = {"truncated": "truncated", "format": "ill-formed", "language": "mix
 
 # A worked step: integers joined by + - * / then "= value", at the start of a line or after ": ", "; ", "= ", "try "
 # or "So " ("2*3 = 6", "add: 8 + 9 = 17", "x = 9 - 5 = 4", "try 7 - 1 = 6"), its value not followed by more terms.
-_STEP = re.compile(r"(?:^|(?<=: )|(?<=; )|(?<== )|(?<=try )|(?<=So ))(\d+(?: ?[-+*/] ?\d+)+) = (-?\d+)(?!\d| ?[-+*/] ?\d)",
-                   re.MULTILINE)
+_STEP = re.compile(r"(?:^|(?<=: )|(?<=; )|(?<== )|(?<=try )|(?<=So ))"
+                   r"(\d+(?: ?[-+*/] ?\d+)+) = (-?\d+)(?!\d| ?[-+*/] ?\d)", re.MULTILINE)
 
 
 def false_step(reasoning: str) -> str | None:
@@ -94,8 +93,8 @@ def rejected(counts: dict) -> str:
 
 def rejection_sample(config: RejectionConfig, out: str | Path) -> dict:
     """Write the kept rows to `out` (JSONL, atomically); returns the counts: questions, samples, each rejection
-    reason (REJECTIONS: truncated at max_new_tokens, format, language, incorrect, false step, duplicate), rows kept, questions with at
-    least one row, tokens generated and the mean length of prompt + completion."""
+    reason (REJECTIONS: truncated at max_new_tokens, format, language, incorrect, false step, duplicate), rows kept,
+    questions with at least one row, tokens generated and the mean length of prompt + completion."""
     problems = load_problems(EvalConfig(data=config.prompts))   # a bad file fails before the model loads
     out = Path(out)
     model = load_checkpoint(config.checkpoint, device=device_of(config.device)).eval()

@@ -78,7 +78,8 @@ class ScriptedEngine:
 
 SCRIPT = [
     [f"<think>\n2 + 3 = 5\n</think>\n\n5{EOS}", f"<think>\n2 + 3 = 5\n</think>\n\n5{EOS}",     # kept, duplicate
-     f"<think>\n3 + 2 = 5\n</think>\n\n 5{EOS}", f"<think>\n2 + 3 = 6\n6 - 1 = 5\n</think>\n\n5{EOS}",  # kept, false step
+     f"<think>\n3 + 2 = 5\n</think>\n\n 5{EOS}",                                                # kept
+     f"<think>\n2 + 3 = 6\n6 - 1 = 5\n</think>\n\n5{EOS}",                                       # false step
      "<think>\n2 + 3 = 5\n</think>\n\n5"],                                                    # truncated (no eos)
     [f"<think>\ntry 5 * 2 = 10: yes\n</think>\n\n2 * 5{EOS}", f"<think>\nguess\n</think>{EOS}",  # kept, format
      f"<think>\ntry 7 + 2 = 9\n</think>\n\n7 + 2{EOS}",                                         # incorrect
