@@ -64,6 +64,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, text_file):
     fails(capsys, ["sft", "--resume", tmp_path / "nothing"], "cannot resume")
     fails(capsys, ["eval", other, "--data", tmp_path / "missing.jsonl"], "missing.jsonl")
     fails(capsys, ["eval", corrupt], "corrupt")
+    fails(capsys, ["eval", other, "--n", "5000"], "problems at difficulty 1 number only", "at most")
     assert not out.exists()
 
 
