@@ -1,14 +1,15 @@
 """Distillation against RL on the small model (DeepSeek-R1 §4.1): the same dense student, either distilled from the
 teacher's verified answers (`nanoseek distill`) or trained by its own cold-start SFT then GRPO (`nanoseek sft`,
-`nanoseek grpo`), both from fresh weights, each at the stages' default budgets (the student's SFT takes as many
-steps as the distillation). Prints held-out accuracy of the teacher and of each student, the student's share of the
+`nanoseek grpo`), both from the same start (`--student`: a preset's fresh weights, or a pretrained student such as
+`nanoseek run`'s OUT/pretrain-student), each at the stages' default budgets (the student's SFT takes as many steps as
+the distillation). Prints held-out accuracy of the teacher and of each student, the student's share of the
 teacher's accuracy (the issue asks >= 90%) and of its parameters, and the wall time of each run.
 
 Every run writes into OUT/<name>/ and is skipped when it is there already, so an interrupted benchmark continues.
 Accuracy: greedy answers to the same held-out problems as `nanoseek run` evaluates on.
 
-Usage: python benchmarks/distill_vs_rl.py --teacher runs/r1/grpo-final --out runs/distill-vs-rl [--logit-kd]
-       [--prompts 1024] [--n 200] [--threads 2]
+Usage: python benchmarks/distill_vs_rl.py --teacher runs/r1/grpo-final --student runs/r1/pretrain-student
+       --out runs/distill-vs-rl [--prompts 8192 --k 1] [--logit-kd] [--n 200] [--threads 2]
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="the teacher checkpoint (e.g. runs/r1/grpo-final)")
     parser.add_argument("--out", required=True, help="folder for the students")
+    parser.add_argument("--student", default=STUDENT, help=f"a preset or a checkpoint (default: {STUDENT})")
     parser.add_argument("--prompts", type=int, default=DistillConfig.prompts, help="questions the teacher answers")
+    parser.add_argument("--k", type=int, default=DistillConfig.k, help="answers the teacher samples per question")
     parser.add_argument("--logit-kd", action="store_true", help="also distil with the KL to the teacher's logits")
     parser.add_argument("--n", type=int, default=200, help="held-out problems")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -54,14 +57,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {"distill": lambda o: distill(DistillConfig(teacher=args.teacher, student=STUDENT, prompts=args.prompts),
-                                         DISTILL_TRAIN, o)}
+    student = DistillConfig(teacher=args.teacher, student=args.student, prompts=args.prompts, k=args.k)
+    runs = {"distill": lambda o: distill(student, DISTILL_TRAIN, o)}
     if args.logit_kd:
-        runs["distill + logit KD"] = lambda o: distill(
-            DistillConfig(teacher=args.teacher, student=STUDENT, prompts=args.prompts, logit_kd=True),
-            DISTILL_TRAIN, o)
+        runs["distill + logit KD"] = lambda o: distill(dataclasses.replace(student, logit_kd=True), DISTILL_TRAIN, o)
     sft_train = dataclasses.replace(SFT_TRAIN, max_steps=DISTILL_TRAIN.max_steps)
-    runs["own SFT"] = lambda o: sft(SFTConfig(init=None, preset=STUDENT), sft_train, o)
+    start = dict(init=args.student) if Path(args.student).is_dir() else dict(init=None, preset=args.student)
+    runs["own SFT"] = lambda o: sft(SFTConfig(**start), sft_train, o)
     runs["own SFT + GRPO"] = lambda o: grpo(GRPOConfig(init=str(out / "own-sft")), GRPO_TRAIN, o)
 
     config = EvalConfig(n=args.n, max_new_tokens=192, mtp_sequences=0)
@@ -75,7 +77,7 @@ def main() -> None:
             seconds += json.loads((out / "own-sft" / "seconds.json").read_text())
         rows.append((name, evaluate_checkpoint(folder, config)["accuracy"],
                      ModelConfig.load(folder).param_counts()["total"], seconds))
-    print(f"\n{args.n} held-out problems, greedy; teacher {args.teacher}; student {STUDENT} from fresh weights")
+    print(f"\n{args.n} held-out problems, greedy; teacher {args.teacher}; student from {args.student}")
     print(f"{'model':<20} {'accuracy':>9} {'of teacher':>11} {'parameters':>11} {'x teacher':>10} {'wall time':>10}")
     for name, acc, params, seconds in rows:
         share = f"{acc / teacher:.0%}" if teacher else "n/a"

@@ -334,7 +334,7 @@ COMMANDS = {
     "distill": ("train a small dense student on a teacher's verified completions (R1 §2.4), optionally its logits",
                 distill_args, distill_run),
     "run": ("the R1 recipe end to end: pretrain, R1-Zero, cold-start SFT, GRPO, rejection sampling, final GRPO, "
-            "distillation, int8/int4 quantization; a report with every stage evaluated",
+            "a dense student pretrained then distilled, int8/int4 quantization; a report with every stage evaluated",
             run_args, run_run),
 }
 

@@ -5,8 +5,9 @@
                  └─> grpo       reasoning RL, with the language-consistency reward (§2.3.2)
                      └─> rejection-sft   rejection sampling from grpo, then SFT on what was kept (§2.3.3)
                          └─> grpo-final  a last RL stage (§2.3.4)
-                             ├─> distill         the dense tiny-student, fine-tuned on its verified answers (§2.4)
+                             ├─> distill         pretrain-student fine-tuned on its verified answers (§2.4)
                              └─> quantize-int8, quantize-int4   its weights, int8 and int4 (`nanoseek quantize`)
+    pretrain-student    the dense student's base, pretrained like the teacher on the same mix
 
 Every stage writes a checkpoint folder OUT/<stage>/ (loads in the engine, the server and the HF export) and is then
 evaluated on the same held-out problems, greedily. OUT/report.md (a table, the plots) and OUT/report.json gather the
@@ -87,7 +88,7 @@ def recipe(size: str = "default") -> Recipe:
     if size not in RECIPE_SIZES:
         raise ConfigError(f"recipe {size!r}: expected one of {RECIPE_SIZES}")
     # the default pretraining and SFT budgets are those of `nanoseek pretrain` and `nanoseek sft`
-    steps = {"default": dict(pretrain=PRETRAIN_TRAIN.max_steps, sft=SFT_TRAIN.max_steps, zero=30, grpo=128, rft=40,
+    steps = {"default": dict(pretrain=PRETRAIN_TRAIN.max_steps, sft=SFT_TRAIN.max_steps, zero=30, grpo=104, rft=40,
                              final=30, questions=384, evals=200),
              "quick": dict(pretrain=90, sft=60, zero=8, grpo=16, rft=12, final=8, questions=96, evals=100),
              "smoke": dict(pretrain=2, sft=2, zero=2, grpo=2, rft=2, final=2, questions=4, evals=4)}[size]
@@ -105,10 +106,15 @@ def recipe(size: str = "default") -> Recipe:
     # routing bias left where SFT put it (γ = 0), so expert selection moves only by the reward's gradient. Measured
     # from an SFT model at 16.5%: 8 questions x 60 steps with γ = 0.001 gave 18.0%, 16 x 40 with γ = 0 22.0%, 16 x 80
     # 21.5%, 16 x 160 25.0% (rollout accuracy still rising). From an SFT model at 48.0%, 16 x 160 gave 50.5% (rollout
-    # accuracy 40% -> 47%) in 13.2 min; 128 steps keep the whole run within its 45 minutes.
+    # accuracy 40% -> 47%) in 13.2 min, 128 steps 41.0% from 41.5%; 104 steps leave the student its time.
     reasoning_rl = dataclasses.replace(grpo_base, rewards=rl_rewards, prompts_per_step=2 if smoke else 16)
-    # R1 §2.4: the teacher answers these train-split questions 4 times each; the student takes these SFT steps
-    student = {"default": dict(questions=1024, steps=400), "quick": dict(questions=256, steps=120),
+    # R1 §2.4 distils into pretrained bases (Qwen2.5, Llama 3), so the student is first pretrained like the teacher,
+    # on the same mix for as many steps. The teacher answers these train-split questions 4 times each, and the
+    # student takes these SFT steps on the verified answers. Measured with a 37.0% teacher, 400 steps: a fresh student
+    # on 522 answers (of 1024 questions) reached 7.5%, the pretrained one 18.0%; on 1000 answers 26.0% (500 steps),
+    # on 1930 (of 4096 questions) 38.0% (17.0% after 200 steps, 43.5% after 600). One answer to each of 4096
+    # questions kept 1034, but the student learned less from 1813 such answers (28.0%) than from 1930 of four each.
+    student = {"default": dict(questions=4096, steps=400), "quick": dict(questions=256, steps=60),
                "smoke": dict(questions=4, steps=2)}[size]
     stages = (
         Stage("pretrain", "pretrain", None, PretrainConfig(seq_len=64 if smoke else 256),
@@ -129,11 +135,15 @@ def recipe(size: str = "default") -> Recipe:
               about=f"rejection sampling of {steps['questions']} questions x 4, then SFT on what is kept"),
         Stage("grpo-final", "grpo", "rejection-sft", reasoning_rl,
               budget(GRPO_TRAIN, steps["final"], bias_update_speed=0.0), about="the last RL stage"),
+        Stage("pretrain-student", "pretrain", None, PretrainConfig(preset="tiny-student", seq_len=64 if smoke else 256),
+              budget(PRETRAIN_TRAIN, steps["pretrain"]), few_shot=1,
+              about="the dense student's own base: next-token pretraining on the same text and worked problems"),
         Stage("distill", "distill", "grpo-final",
-              DistillConfig(student="tiny-student", prompts=student["questions"], max_new_tokens=16 if smoke else 192,
-                            seq_len=64 if smoke else 512),
+              DistillConfig(student="pretrain-student", prompts=student["questions"],
+                            max_new_tokens=16 if smoke else 192, seq_len=64 if smoke else 512),
               budget(DISTILL_TRAIN, student["steps"]),
-              about=f"tiny-student trained on grpo-final's verified answers to {student['questions']} questions x 4"),
+              about=f"pretrain-student fine-tuned on grpo-final's verified answers to {student['questions']} "
+                    f"questions x 4"),
         Stage("quantize-int8", "quantize", "grpo-final", "int8", None, about="grpo-final's weights in int8"),
         Stage("quantize-int4", "quantize", "grpo-final", "int4", None, about="grpo-final's weights in int4"),
     )
@@ -291,19 +301,21 @@ def run_rejection_sft(ctx: Context, stage: Stage, folder: Path) -> dict:
 
 def run_distill(ctx: Context, stage: Stage, folder: Path) -> dict:
     """The teacher's verified answers into OUT/distill-traces/, then the student's SFT on them (R1 §2.4). With no
-    answer kept there is nothing to distil: the stage's checkpoint is then the untrained student, and the record
-    says so."""
-    settings = dataclasses.replace(stage.settings, teacher=_init(ctx, stage))
+    answer kept there is nothing to distil: the stage's checkpoint is then the student's base, and the record says
+    so."""
+    # the recipe names the student by its stage (pretrain-student)
+    settings = dataclasses.replace(stage.settings, teacher=_init(ctx, stage),
+                                   student=str(ctx.out / stage.settings.student))
     data = ctx.out / "distill-traces"
     counts = teacher_traces(settings, data, stage.train.seed)
     teacher = ModelConfig.load(_init(ctx, stage))
     generated = counts["generated_tokens"]
     sampling_flops = flops_per_token(teacher, counts["context"], training=False, mtp=False) * generated
-    sizes = {"parameters": ModelConfig.from_preset(settings.student).param_counts()["total"],
-             "teacher_parameters": teacher.param_counts()["total"], "rows": counts["kept"], "rejection": counts}
+    sizes = {"student": stage.settings.student,
+             "parameters": ModelConfig.load(settings.student).param_counts()["total"], "teacher_parameters": teacher.param_counts()["total"], "rows": counts["kept"], "rejection": counts}
     if counts["kept"] == 0:
-        print(f"warning: {stage.name}: {stage.init} kept no answer; nothing to distil, so the checkpoint is the "
-              f"untrained student", flush=True)
+        print(f"warning: {stage.name}: {stage.init} kept no answer; nothing to distil, so the checkpoint is "
+              f"{stage.settings.student}'s", flush=True)
         save_checkpoint(student_model(settings.student, teacher, stage.train.seed, torch.device("cpu")), folder)
         Tokenizer.from_dir(ctx.out / stage.init).save(folder)
         return {"seconds": counts["seconds"], "tokens": generated, "flops": sampling_flops,
@@ -363,7 +375,7 @@ def write_report(ctx: Context) -> None:
         teacher = ctx.records.get(r["init"])
         if "parameters" in r:
             share = f"; {r['accuracy'] / teacher['accuracy']:.0%} of its accuracy" if teacher["accuracy"] else ""
-            lines.append(f"- {r['name']}: a dense student of {r['parameters']:,} parameters, "
+            lines.append(f"- {r['name']}: a dense student of {r['parameters']:,} parameters (from {r['student']}), "
                          f"{r['parameters'] / r['teacher_parameters']:.2f}x {r['init']}'s {r['teacher_parameters']:,}"
                          f"{share}")
         if "weight_bytes" in r:

@@ -9,8 +9,9 @@ from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.cli import main
 from nanoseek.infer import Engine, SamplingParams
 
-STAGES = ["pretrain", "r1-zero", "sft", "grpo", "rejection-sft", "grpo-final", "distill", "quantize-int8",
-          "quantize-int4"]
+STAGES = ["pretrain", "r1-zero", "sft", "grpo", "rejection-sft", "grpo-final", "pretrain-student", "distill",
+          "quantize-int8", "quantize-int4"]
+STUDENTS = ("pretrain-student", "distill")
 FIELDS = {"name", "accuracy", "format_rate", "mean_length", "seconds", "tokens", "flops", "mfu", "device_hours",
           "checkpoint"}
 
@@ -37,9 +38,10 @@ def test_smoke_run_end_to_end_and_again(tmp_path, capsys):
     for s in stages[:STAGES.index("distill") + 1]:  # the float checkpoints; the dense student exports as Llama
         save_checkpoint(load_checkpoint(s["checkpoint"]), tmp_path / "hf" / s["name"], format="hf")
         model_type = json.loads((tmp_path / "hf" / s["name"] / "config.json").read_text())["model_type"]
-        assert model_type == ("llama" if s["name"] == "distill" else "deepseek_v3")
+        assert model_type == ("llama" if s["name"] in STUDENTS else "deepseek_v3")
     student, int8, int4 = stages[-3:]
     assert student["parameters"] <= student["teacher_parameters"] / 4
+    assert student["student"] == "pretrain-student"   # the student's own pretrained base, as R1 §2.4's students
     assert int4["weight_bytes"] < int8["weight_bytes"] < int8["init_weight_bytes"] / 3
     report = (out / "report.md").read_text()
     assert "- distill: a dense student of" in report and "- quantize-int4: " in report

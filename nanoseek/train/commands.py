@@ -293,7 +293,7 @@ def distill_args(p: argparse.ArgumentParser) -> None:
                         "sampling them")
     p.add_argument("--k", type=int, default=None, help="completions the teacher samples per question (default: 4)")
     p.add_argument("--prompts", type=int, default=None,
-                   help="train-split questions the teacher answers (default: 1024)")
+                   help="train-split questions the teacher answers (default: 4096)")
     p.add_argument("--temperature", type=float, default=None, help="the teacher's sampling temperature (default: 0.6)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest teacher completion (default: 192)")
     p.add_argument("--logit-kd", action="store_true",
