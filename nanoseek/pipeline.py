@@ -312,7 +312,8 @@ def run_distill(ctx: Context, stage: Stage, folder: Path) -> dict:
     generated = counts["generated_tokens"]
     sampling_flops = flops_per_token(teacher, counts["context"], training=False, mtp=False) * generated
     sizes = {"student": stage.settings.student,
-             "parameters": ModelConfig.load(settings.student).param_counts()["total"], "teacher_parameters": teacher.param_counts()["total"], "rows": counts["kept"], "rejection": counts}
+             "parameters": ModelConfig.load(settings.student).param_counts()["total"],
+             "teacher_parameters": teacher.param_counts()["total"], "rows": counts["kept"], "rejection": counts}
     if counts["kept"] == 0:
         print(f"warning: {stage.name}: {stage.init} kept no answer; nothing to distil, so the checkpoint is "
               f"{stage.settings.student}'s", flush=True)
