@@ -106,7 +106,8 @@ def recipe(size: str = "default") -> Recipe:
     # routing bias left where SFT put it (γ = 0), so expert selection moves only by the reward's gradient. Measured
     # from an SFT model at 16.5%: 8 questions x 60 steps with γ = 0.001 gave 18.0%, 16 x 40 with γ = 0 22.0%, 16 x 80
     # 21.5%, 16 x 160 25.0% (rollout accuracy still rising). From an SFT model at 48.0%, 16 x 160 gave 50.5% (rollout
-    # accuracy 40% -> 47%) in 13.2 min, 128 steps 41.0% from 41.5%; 104 steps leave the student its time.
+    # accuracy 40% -> 47%) in 13.2 min; from one at 41.5%, 128 steps gave 41.0% (10.1 min) and 104 steps 45.5%
+    # (6.9 min), which leaves the student its time within the run's 45 minutes.
     reasoning_rl = dataclasses.replace(grpo_base, rewards=rl_rewards, prompts_per_step=2 if smoke else 16)
     # R1 §2.4 distils into pretrained bases (Qwen2.5, Llama 3), so the student is first pretrained like the teacher,
     # on the same mix for as many steps. The teacher answers these train-split questions 4 times each, and the
