@@ -9,7 +9,7 @@ Every run writes into OUT/<name>/ and is skipped when it is there already, so an
 Accuracy: greedy answers to the same held-out problems as `nanoseek run` evaluates on.
 
 Usage: python benchmarks/distill_vs_rl.py --teacher runs/r1/grpo-final --student runs/r1/pretrain-student
-       --out runs/distill-vs-rl [--prompts 8192 --k 1] [--logit-kd] [--n 200] [--threads 2]
+       --out runs/distill-vs-rl [--prompts 4096 --k 4] [--logit-kd] [--n 200] [--threads 2]
 """
 from __future__ import annotations
 
