@@ -1,7 +1,9 @@
 """One checkpoint as fp32, bf16, int8, int4 and fp8 side by side: size on disk, weight bytes in memory, held-out
 accuracy and decode tokens/s (V3 §3.3; DeepSeek credits 8-bit and 4-bit weights with -50% and -75% of memory).
 
-Every format takes the real path: `save_quantized` writes it and `load_checkpoint` loads it. int8 and int4 layers
+Every format takes the real path: `save_quantized` writes it and `load_checkpoint` loads it. int8 and int4 are
+rounded by GPTQ on --calibrate worked training problems (`nanoseek quantize`'s default; it needs the tokenizer);
+the row "int4 rtn" rounds each weight to nearest instead, for comparison. int8 and int4 layers
 stay quantized in memory and run torch's CPU kernels, the rest of those models in bf16 as stored; bf16 and fp8 load
 as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
 scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
@@ -14,6 +16,7 @@ over the latent cache after a 32-token prompt; the formats take turns, --repeats
 run, so a load that comes and goes on a shared machine hits them all alike.
 
 Usage: python benchmarks/quant_bench.py CKPT [--eval-data FILE] [--n 50] [--max-new-tokens 320] [--threads 2]
+                                             [--calibrate 128]
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
 from nanoseek.data import Problem, verify
+from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
 from nanoseek.infer.kv_cache import LatentCache
 from nanoseek.model import Transformer
 from nanoseek.quant import Int4Linear, Int8Linear, quantized_bytes
@@ -34,7 +38,7 @@ from nanoseek.tokenizer import END_THINK, Tokenizer, chat_ids
 from nanoseek.train.data import eval_problems
 from nanoseek.train.evaluate import generate
 
-FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
+FORMATS = ("fp32", "bf16", "int8", "int4", "int4 rtn", "fp8")
 
 
 def weight_bytes(model: Transformer) -> int:
@@ -77,6 +81,8 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=64, help="tokens per decode-speed run (default: 64)")
     parser.add_argument("--repeats", type=int, default=5, help="decode-speed rounds, the best counts (default: 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--calibrate", type=int, default=CALIBRATION_PROBLEMS,
+                        help=f"GPTQ's training problems for int8 / int4 (default: {CALIBRATION_PROBLEMS})")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,14 +97,15 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"{src}: {params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, "
           + (f"accuracy on {len(problems)} held-out problems" if tokenizer else "no tokenizer.json: accuracy n/a"))
+    fitted = hessians(model, calibration_sequences(tokenizer, args.calibrate)) if tokenizer and args.calibrate else None
     rows, models = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in FORMATS:
-            out = Path(tmp) / fmt
+            out = Path(tmp) / fmt.replace(" ", "-")
             if fmt == "fp32":
                 save_checkpoint(model, out)
             else:
-                save_quantized(model, out, fmt)
+                save_quantized(model, out, fmt.split()[0], hessians=None if fmt.endswith("rtn") else fitted)
             disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
             loaded = load_checkpoint(out, dtype=None if fmt == "fp32" else torch.bfloat16)
             held, bf16 = quantized_bytes(loaded)
@@ -110,10 +117,10 @@ def main() -> None:
         for i, loaded in enumerate(models):
             speeds[i] = max(speeds[i], decode_tokens_per_second(loaded, args.decode_tokens))
     bf16_disk = rows[1][1]
-    print(f"{'format':<7}{'disk MiB':>10}{'disk x':>8}{'memory MiB':>12}{'quantized x':>13}{'accuracy':>10}"
+    print(f"{'format':<9}{'disk MiB':>10}{'disk x':>8}{'memory MiB':>12}{'quantized x':>13}{'accuracy':>10}"
           f"{'decode tok/s':>14}")
     for (fmt, disk, memory, ratio, acc), tps in zip(rows, speeds):
-        print(f"{fmt:<7}{disk / 2**20:>10.2f}{disk / bf16_disk:>8.2f}{memory / 2**20:>12.2f}"
+        print(f"{fmt:<9}{disk / 2**20:>10.2f}{disk / bf16_disk:>8.2f}{memory / 2**20:>12.2f}"
               f"{(f'{ratio:.3f}' if ratio else '-'):>13}{(f'{100 * acc:.1f}%' if acc is not None else 'n/a'):>10}"
               f"{tps:>14.1f}")
 

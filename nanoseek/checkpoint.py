@@ -96,16 +96,17 @@ def save_checkpoint(model: Transformer, path: str | Path, format: str = "nanosee
 
 def save_quantized(model: Transformer, path: str | Path, fmt: str, group_size: int = INT4_GROUP_SIZE,
                    extra_files: tuple[Path, ...] = (), progress: bool = False,
-                   max_shard_bytes: int = 5 * 2**30) -> Path:
+                   max_shard_bytes: int = 5 * 2**30, hessians: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `model` in format `fmt` (see nanoseek.quant): "bf16", "int8" or "int4" in our layout, "fp8" in
     DeepSeek's (Hugging Face names, `_scale_inv` siblings, their quantization_config), with `extra_files`
-    (tokenizer files) copied beside. Atomic, like save_checkpoint; `progress` shows a bar over the tensors."""
+    (tokenizer files) copied beside. int8 / int4 weights with an entry in `hessians` (nanoseek.gptq.hessians)
+    are rounded by GPTQ. Atomic, like save_checkpoint; `progress` shows a bar over the tensors."""
     check_format(fmt, group_size)
     _check_not_quantized(model)
     config = model.config
     tensors = {}
     for name, t in tqdm(_state(model).items(), desc=f"quantizing to {fmt}", unit="tensor", disable=not progress):
-        tensors.update(quantize_tensor(name, t.detach(), fmt, group_size))
+        tensors.update(quantize_tensor(name, t.detach(), fmt, group_size, (hessians or {}).get(name)))
     if fmt == "fp8":
         config_json = dict(_hf_config(config, torch.bfloat16), quantization_config=FP8_CONFIG)
         return _write_checkpoint(path, _hf_layout(tensors, config), config_json, max_shard_bytes, extra_files)

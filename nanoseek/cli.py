@@ -128,21 +128,39 @@ def quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=64,
                    help="int4: input columns per scale, 32, 64, 128 or 256 (default: 64)")
     p.add_argument("--out", required=True, help="directory for the quantized checkpoint")
+    p.add_argument("--calibrate", type=int, default=128, metavar="N",
+                   help="int8/int4: round with GPTQ, fitted to N worked training problems run through the model "
+                        "(needs the checkpoint's tokenizer.json); 0 rounds each weight to nearest (default: 128)")
 
 
 def quantize_run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from nanoseek.checkpoint import load_checkpoint, save_quantized
+    from nanoseek.errors import ConfigError
+    from nanoseek.gptq import calibration_sequences, hessians
     from nanoseek.quant import check_format
+    from nanoseek.tokenizer import Tokenizer
 
     check_format(args.format, args.group_size)
-    model = load_checkpoint(args.src)
-    extras = tuple(sorted(p for p in Path(args.src).iterdir()
+    if args.calibrate < 0:
+        raise ConfigError(f"--calibrate must be >= 0 (0: round to nearest), got {args.calibrate}")
+    calibrate = args.calibrate if args.format in ("int8", "int4") else 0
+    src = Path(args.src)
+    model = load_checkpoint(src)
+    if calibrate and not (src / "tokenizer.json").is_file():
+        raise ConfigError(f"--calibrate {calibrate} runs worked problems through the model and needs its "
+                          f"tokenizer, but {src} has no tokenizer.json; pass --calibrate 0 to round to nearest")
+    extras = tuple(sorted(p for p in src.iterdir()
                           if p.is_file() and (p.name.startswith("tokenizer") or p.name == "special_tokens_map.json")))
-    out = save_quantized(model, args.out, args.format, args.group_size, extra_files=extras, progress=True)
+    fitted = None
+    if calibrate:
+        fitted = hessians(model, calibration_sequences(Tokenizer.from_dir(src), calibrate), progress=True)
+    out = save_quantized(model, args.out, args.format, args.group_size, extra_files=extras, progress=True,
+                         hessians=fitted)
     size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
-    print(f"wrote {args.format} checkpoint to {out}: {size / 2**20:.1f} MiB of weights"
+    rounding = f", GPTQ on {calibrate} problems" if calibrate else ""
+    print(f"wrote {args.format} checkpoint to {out}: {size / 2**20:.1f} MiB of weights{rounding}"
           + (f", with {', '.join(p.name for p in extras)}" if extras else ""))
 
 

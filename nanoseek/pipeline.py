@@ -37,6 +37,7 @@ from nanoseek.config import ModelConfig
 from nanoseek.cost import flops_per_token, measure_matmul_peak
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import ConfigError
+from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.data import DIFFICULTY, eval_problems
 from nanoseek.train.distill import (DEFAULT_TRAIN as DISTILL_TRAIN, TRACES, DistillConfig, distill, student_model,
@@ -329,14 +330,18 @@ def run_distill(ctx: Context, stage: Stage, folder: Path) -> dict:
 
 
 def run_quantize(ctx: Context, stage: Stage, folder: Path) -> dict:
-    """The init checkpoint's weights in format stage.settings (`save_quantized`), its tokenizer beside them."""
+    """The init checkpoint's weights in format stage.settings (`save_quantized`), rounded by GPTQ on
+    CALIBRATION_PROBLEMS worked training problems, its tokenizer beside them."""
     start = time.perf_counter()
     source = ctx.out / stage.init
     tokenizer = tuple(p for p in source.iterdir() if p.name.startswith("tokenizer"))
-    save_quantized(load_checkpoint(source), folder, stage.settings, extra_files=tokenizer)
+    model = load_checkpoint(source)
+    fitted = hessians(model, calibration_sequences(Tokenizer.from_dir(source), CALIBRATION_PROBLEMS))
+    save_quantized(model, folder, stage.settings, extra_files=tokenizer, hessians=fitted)
     weight_bytes = {name: sum(f.stat().st_size for f in path.glob("*.safetensors"))
                     for name, path in (("weight_bytes", folder), ("init_weight_bytes", source))}
-    return {"seconds": time.perf_counter() - start, "tokens": 0, "flops": 0.0, "steps": 0, **weight_bytes}
+    return {"seconds": time.perf_counter() - start, "tokens": 0, "flops": 0.0, "steps": 0,
+            "calibration": CALIBRATION_PROBLEMS, **weight_bytes}
 
 
 KINDS: dict[str, Callable[[Context, Stage, Path], dict]] = {
@@ -381,7 +386,8 @@ def write_report(ctx: Context) -> None:
                          f"{r['parameters'] / r['teacher_parameters']:.2f}x {r['init']}'s {r['teacher_parameters']:,}"
                          f"{share}")
         if "weight_bytes" in r:
-            lines.append(f"- {r['name']}: {r['weight_bytes'] / 2**20:.2f} MiB of weights on disk, "
+            rounding = f"GPTQ on {r['calibration']} training problems, " if "calibration" in r else ""
+            lines.append(f"- {r['name']}: {rounding}{r['weight_bytes'] / 2**20:.2f} MiB of weights on disk, "
                          f"{r['weight_bytes'] / r['init_weight_bytes']:.2f}x {r['init']}'s (float32, embeddings and "
                          f"norms included); accuracy {100 * (r['accuracy'] - teacher['accuracy']):+.1f} points")
     lines.append("")

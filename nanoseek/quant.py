@@ -12,8 +12,11 @@ formats are ours, weight-only and symmetric (w = q * s, no zero point):
         the high one, each as q + 8 (0..15); `<name>_scale` bf16 (N, K/G). A matrix whose K the group size does
         not divide gets half the size, down to 32 (the kernel's smallest); when not even 32 divides K, int8.
 
-Every scale is rounded to its storage dtype before q is computed, so the bound holds for the stored scale:
-|w - q s| <= s/2 for int8 and int4 (round to nearest, never clamped: max|w|/s <= qmax (1 + 2^-8) < qmax + 1/2).
+How q is chosen: to nearest, or, given the inputs' X^T X from a calibration run, by GPTQ (nanoseek/gptq.py), which
+keeps the same scales and layout and moves integers so that the layer's outputs stay closer; the bounds below are
+round-to-nearest's. Every scale is rounded to its storage dtype before q is computed, so the bound holds for the
+stored scale: |w - q s| <= s/2 for int8 and int4 (round to nearest, never clamped: max|w|/s <= qmax (1 + 2^-8) <
+qmax + 1/2).
 For FP8 it is e4m3's rounding: |w - q s| <= 2^-4 |w| for normal values, and <= 2^-10 s below 2^-6 s
 (subnormals, spaced 2^-9 s).
 
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.errors import ConfigError
+from nanoseek.gptq import gptq
 
 FORMATS = ("bf16", "int8", "int4", "fp8")
 INT8_MAX = 127
@@ -91,15 +95,17 @@ def stored_layout(kind: str, shape: tuple[int, int], group_size: int) -> dict[st
     return {"": ((N, K // 2), torch.uint8), SCALE: ((N, K // group_size), SCALE_DTYPE)}
 
 
-def quantize_tensor(name: str, t: torch.Tensor, fmt: str, group_size: int = INT4_GROUP_SIZE) -> dict[str, torch.Tensor]:
+def quantize_tensor(name: str, t: torch.Tensor, fmt: str, group_size: int = INT4_GROUP_SIZE,
+                    hessian: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One tensor of a float checkpoint -> the tensors stored for it in format `fmt`: the quantized weight and its
-    scale, or the tensor in bf16 (the routing bias in float32)."""
+    scale, or the tensor in bf16 (the routing bias in float32). An int8 or int4 weight with the `hessian` of its
+    inputs (nanoseek.gptq) is rounded by GPTQ, otherwise to nearest."""
     kind, G = stored_as(name, tuple(t.shape), fmt, group_size)
     if kind == "int8":
-        q, scale = quantize_int8(t)
+        q, scale = quantize_int8(t, hessian)
         return {name: q, name + SCALE: scale}
     if kind == "int4":
-        packed, scale = quantize_int4(t, G)
+        packed, scale = quantize_int4(t, G, hessian)
         return {name: packed, name + SCALE: scale}
     if kind == "fp8":
         q, scale_inv = quantize_fp8(t)
@@ -109,28 +115,33 @@ def quantize_tensor(name: str, t: torch.Tensor, fmt: str, group_size: int = INT4
 
 
 # ---- int8 and int4 ----------------------------------------------------------------------------------------------
-def _symmetric(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """w (..., n) -> q = round(w / s) and s = max|w| / qmax over the last dim, s rounded to SCALE_DTYPE first.
-    An all-zero group gets s = 0 and q = 0."""
+def _symmetric(w: torch.Tensor, qmax: int, hessian: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (N, n) or (N, groups, n) -> q = round(w / s) and s = max|w| / qmax over the last dim, s rounded to
+    SCALE_DTYPE first; with the `hessian` of the row's inputs, q is GPTQ's instead (same s). An all-zero group gets
+    s = 0 and q = 0."""
     scale = (w.abs().amax(-1) / qmax).to(SCALE_DTYPE)
+    if hessian is not None:
+        N = w.shape[0]
+        return gptq(w.reshape(N, -1), hessian, scale.float().reshape(N, -1), qmax).view(w.shape), scale
     s = scale.float().unsqueeze(-1)
     q = torch.where(s > 0, w.float() / s, 0.0).round().clamp(-qmax, qmax)
     return q.to(torch.int8), scale
 
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(w: torch.Tensor, hessian: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """w (N, K) -> q int8 (N, K), scale bf16 (N,): one scale per output row."""
-    return _symmetric(w, INT8_MAX)
+    return _symmetric(w, INT8_MAX, hessian)
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float().unsqueeze(1)
 
 
-def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP_SIZE,
+                  hessian: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """w (N, K) -> packed uint8 (N, K/2), scale bf16 (N, K/G): one scale per group of G input columns."""
     N, K = w.shape
-    q, scale = _symmetric(w.reshape(N, K // group_size, group_size), INT4_MAX)
+    q, scale = _symmetric(w.reshape(N, K // group_size, group_size), INT4_MAX, hessian)
     return pack_int4(q.view(N, K)), scale
 
 
@@ -241,8 +252,10 @@ def quant_linear(kind: str, q: torch.Tensor, scale: torch.Tensor, group_size: in
     return Int8Linear(q, scale, dtype) if kind == "int8" else Int4Linear(q, scale, group_size)
 
 
-def quantize_model(model: nn.Module, fmt: str, group_size: int = INT4_GROUP_SIZE) -> nn.Module:
-    """Swap the model's quantizable nn.Linear layers (see `stored_as`) for Int8Linear / Int4Linear, in place."""
+def quantize_model(model: nn.Module, fmt: str, group_size: int = INT4_GROUP_SIZE,
+                   hessians: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Swap the model's quantizable nn.Linear layers (see `stored_as`) for Int8Linear / Int4Linear, in place;
+    the weights with an entry in `hessians` (nanoseek.gptq.hessians) are rounded by GPTQ."""
     if fmt not in ("int8", "int4"):
         raise ConfigError(f"only int8 and int4 stay quantized in memory, got {fmt!r}")
     check_format(fmt, group_size)
@@ -253,7 +266,8 @@ def quantize_model(model: nn.Module, fmt: str, group_size: int = INT4_GROUP_SIZE
         kind, G = stored_as(name + ".weight", tuple(module.weight.shape), fmt, group_size)
         if kind is None:
             continue
-        stored = quantize_tensor(name + ".weight", module.weight.detach(), fmt, group_size)
+        stored = quantize_tensor(name + ".weight", module.weight.detach(), fmt, group_size,
+                                 (hessians or {}).get(name + ".weight"))
         model.set_submodule(name, quant_linear(kind, stored[name + ".weight"], stored[name + ".weight" + SCALE], G,
                                                dtype))
     return model

@@ -44,7 +44,7 @@ def test_smoke_run_end_to_end_and_again(tmp_path, capsys):
     assert student["student"] == "pretrain-student"   # the student's own pretrained base, as R1 §2.4's students
     assert int4["weight_bytes"] < int8["weight_bytes"] < int8["init_weight_bytes"] / 3
     report = (out / "report.md").read_text()
-    assert "- distill: a dense student of" in report and "- quantize-int4: " in report
+    assert "- distill: a dense student of" in report and "- quantize-int4: GPTQ on 128 training problems" in report
     assert (out / "rejection" / "prompts.jsonl").is_file() and (out / "rejection" / "counts.json").is_file()
     capsys.readouterr()
 
