@@ -14,6 +14,7 @@ from nanoseek.checkpoint import hf_name, load_checkpoint, save_checkpoint, save_
 from nanoseek.cli import main
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError, ConfigError
+from nanoseek.gptq import hessians
 from nanoseek.infer.kv_cache import LatentCache
 from nanoseek.model import Transformer
 
@@ -346,6 +347,19 @@ def test_quantized_trained_model_keeps_its_logits_and_its_answers(trained, fmt, 
     answers = greedy(reference, prompt, 8)
     assert answers.eq(continuation).float().mean() > 0.9
     assert torch.equal(greedy(model, prompt, 8), answers)
+
+
+@torch.no_grad()
+def test_gptq_keeps_a_trained_models_logits_closer_than_rounding_to_nearest(trained, tmp_path):
+    reference = load_checkpoint(trained)
+    fitted = hessians(reference, counting(64, 24, torch.Generator().manual_seed(2)).tolist())  # calibration
+    seqs = counting(8, 24, torch.Generator().manual_seed(1))                                  # held out
+    expected = reference(seqs)
+    error = {}
+    for how, rounding in (("nearest", None), ("gptq", fitted)):
+        save_quantized(reference, tmp_path / how, "int4", hessians=rounding)
+        error[how] = (load_checkpoint(tmp_path / how)(seqs) - expected).norm() / expected.norm()
+    assert error["gptq"] < 0.8 * error["nearest"]
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------
