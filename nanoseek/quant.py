@@ -193,6 +193,11 @@ def dequantize_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, i
 
 
 # ---- modules ----------------------------------------------------------------------------------------------------
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, contiguous and starting on a 64-byte boundary (copied when it is not), as torch's int8 CPU kernel needs."""
+    return t if t.is_contiguous() and t.data_ptr() % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
+
+
 class Int8Linear(nn.Module):
     """y = x @ dequant(W)^T, W int8 with one scale per row, through torch's int8 CPU kernel on bf16 activations.
     `weight` dequantizes on demand (MLA's absorbed decode reads kv_b_proj's matrix), in `dtype`."""
@@ -201,12 +206,14 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.dtype = dtype
-        # not in state_dict: the checkpoint loader builds these modules from the stored tensors directly
-        self.register_buffer("q", q.to(torch.int8).contiguous(), persistent=False)
-        self.register_buffer("scale", scale.to(torch.bfloat16), persistent=False)
+        # Not in state_dict: the checkpoint loader builds these modules from the stored tensors directly. Copies,
+        # because the kernel needs 32-byte aligned operands (it crashes the process otherwise) and a tensor read
+        # from a safetensors file can start anywhere.
+        self.register_buffer("q", _aligned(q.to(torch.int8)), persistent=False)
+        self.register_buffer("scale", _aligned(scale.to(torch.bfloat16)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        flat = _aligned(x.reshape(-1, self.in_features).to(torch.bfloat16))
         y = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scale)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
