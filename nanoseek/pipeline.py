@@ -50,6 +50,7 @@ from nanoseek.train.plot import plot_run
 from nanoseek.train.pretrain import DEFAULT_TRAIN as PRETRAIN_TRAIN, PretrainConfig, pretrain
 from nanoseek.train.rejection import RejectionConfig, rejected, rejection_sample
 from nanoseek.train.sft import DEFAULT_TRAIN as SFT_TRAIN, SFTConfig, sft
+from nanoseek.train.stage import device_of
 from nanoseek.train.state import TRAINER, checkpoint_dirs, latest_checkpoint
 
 STAGE = "stage.json"      # a stage's record: written last, so its presence means the stage is done
@@ -159,7 +160,8 @@ RECIPE_SIZES = ("default", "quick", "smoke")
 class Context:
     out: Path
     recipe: Recipe
-    peak: float                     # this machine's measured matmul FLOP/s, the MFU's denominator
+    peak: float                     # the device's measured float32 matmul FLOP/s, the MFU's denominator
+    device: str                     # which device: "this CPU" or the GPU's name
     records: dict[str, dict] = field(default_factory=dict)
 
 
@@ -175,8 +177,10 @@ def run(out: str | Path, size: str = "default") -> list[dict]:
         raise ConfigError(f"{out} holds a {json.loads(saved.read_text())['size']!r} run; finish it with the same "
                           f"setting or choose another --out")
     write_atomic(saved, json.dumps({"size": size}) + "\n")
-    with torch.random.fork_rng(devices=[]):
-        ctx = Context(out, plan, measure_matmul_peak())
+    device = device_of(None)  # where every stage trains
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        ctx = Context(out, plan, measure_matmul_peak(device=device),
+                      torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU")
     for stage in plan.stages:
         ctx.records[stage.name] = run_stage(ctx, stage)
         write_report(ctx)
@@ -231,8 +235,7 @@ def _train_stage(ctx: Context, stage: Stage, folder: Path, run_fn: Callable, set
     if result.interrupted:
         raise KeyboardInterrupt
     seconds = time.perf_counter() - start + earlier
-    flops = result.mfu * result.elapsed_s * result.peak_flops if result.mfu is not None else 0.0
-    return {"seconds": seconds, "tokens": result.tokens, "flops": flops, "steps": result.step}
+    return {"seconds": seconds, "tokens": result.tokens, "flops": result.flops, "steps": result.step}
 
 
 def _init(ctx: Context, stage: Stage) -> str:
@@ -357,8 +360,8 @@ def write_report(ctx: Context) -> None:
     lines = ["# The R1 recipe, end to end", "",
              f"Held-out evaluation: the same {ctx.recipe.eval_problems} eval-split problems for every stage, greedy "
              f"decoding, at most {ctx.recipe.eval_max_new_tokens} new tokens. FLOPs: 6 N per trained token and 2 N "
-             f"per generated one (`nanoseek.cost`); MFU against this CPU's measured matmul peak "
-             f"({ctx.peak / 1e9:.1f} GFLOP/s); one device. Prompts: "
+             f"per generated one (`nanoseek.cost`); MFU against {ctx.device}'s measured float32 matmul "
+             f"peak ({ctx.peak / 1e9:.1f} GFLOP/s); one device. Prompts: "
              + "; ".join(f"{r['name']} {r['eval_prompt']}" for r in records if r.get("eval_prompt") != "chat template")
              + "; the others the chat template.", "",
              "| stage | from | accuracy | format rate | mean length | wall time | tokens processed | FLOPs | MFU "

@@ -28,6 +28,7 @@ from nanoseek.infer.kv_cache import PagedBatch
 from nanoseek.model import Transformer
 from nanoseek.model.attention import MLA
 from nanoseek.model.moe import MoE
+from nanoseek.model.norm import rms_norm
 
 
 # Forwards over fewer tokens than this run on one CPU thread (see `threads_for`).
@@ -48,10 +49,6 @@ def threads_for(tokens: int):
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _norm(x: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
-    return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
 
 
 def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -124,10 +121,10 @@ class Runner:
         if hasattr(attn, "q_proj"):
             q = _linear(attn.q_proj, x)
         else:
-            q = _linear(attn.q_b_proj, _norm(_linear(attn.q_a_proj, x), attn.q_a_layernorm))
+            q = _linear(attn.q_b_proj, rms_norm(_linear(attn.q_a_proj, x), attn.q_a_layernorm))
         q = q.view(N, nh, nope + attn.rope)
         kv = _linear(attn.kv_a_proj_with_mqa, x)
-        c_kv = _norm(kv[:, :R], attn.kv_a_layernorm)
+        c_kv = rms_norm(kv[:, :R], attn.kv_a_layernorm)
         rotated = torch.bmm(torch.cat([q[..., nope:], kv[:, None, R:]], dim=1), table)      # (N, nh + 1, rope)
         cached = batch.store(attn.layer_idx, torch.cat([c_kv, rotated[:, nh]], dim=-1))     # (B, S, R + rope)
         w = attn.kv_b_proj.weight.view(nh, nope + attn.v_dim, R)
@@ -146,13 +143,13 @@ class Runner:
         return _linear(attn.o_proj, out.transpose(0, 1).reshape(N, nh * attn.v_dim))
 
     def _block(self, block, x: torch.Tensor, batch: PagedBatch, rope) -> torch.Tensor:
-        h = _norm(x, block.input_layernorm)
+        h = rms_norm(x, block.input_layernorm)
         if isinstance(block.self_attn, MLA):
             x = x + self._mla(block.self_attn, h, batch, rope[2])
         else:  # GQA students: the module itself, with the batch as its cache
             h = block.self_attn(h.view(batch.B, batch.T, -1), rope[0], rope[1], batch, batch.positions)
             x = x + h.flatten(0, 1)
-        h = _norm(x, block.post_attention_layernorm)
+        h = rms_norm(x, block.post_attention_layernorm)
         return x + (_moe(block.mlp, h) if isinstance(block.mlp, MoE) else _mlp(block.mlp, h))
 
     def hidden(self, ids: torch.Tensor, batch: PagedBatch) -> torch.Tensor:
@@ -164,13 +161,13 @@ class Runner:
         return x
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return _linear(self.model.lm_head, _norm(h, self.model.norm)).float()
+        return _linear(self.model.lm_head, rms_norm(h, self.model.norm)).float()
 
     def mtp(self, h_prev: torch.Tensor, next_ids: torch.Tensor, batch: PagedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """MTP module 1 (V3 §2.2) at the batch's positions: h_prev (B * T, hidden) from the main model, next_ids
         (B, T) the tokens one ahead -> its hidden state and the logits of the token two ahead."""
         module = self.model.mtp[0]
         emb = self.model.embed_tokens(next_ids.flatten())
-        x = _linear(module.eh_proj, torch.cat([_norm(emb, module.enorm), _norm(h_prev, module.hnorm)], dim=-1))
+        x = _linear(module.eh_proj, torch.cat([rms_norm(emb, module.enorm), rms_norm(h_prev, module.hnorm)], dim=-1))
         h = self._block(module, x, batch, self._rope_tables(batch, x.dtype))
-        return h, _linear(self.model.lm_head, _norm(h, module.norm)).float()
+        return h, _linear(self.model.lm_head, rms_norm(h, module.norm)).float()

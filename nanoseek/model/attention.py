@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig, yarn_mscale
+from nanoseek.model.norm import RMSNorm
 from nanoseek.model.rope import apply_rope
 
 
@@ -31,10 +32,10 @@ class MLA(nn.Module):
             self.q_proj = nn.Linear(H, nh * qk, bias=False)
         else:
             self.q_a_proj = nn.Linear(H, config.q_lora_rank, bias=False)
-            self.q_a_layernorm = nn.RMSNorm(config.q_lora_rank, eps=config.rms_norm_eps)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank, eps=config.rms_norm_eps)
             self.q_b_proj = nn.Linear(config.q_lora_rank, nh * qk, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(H, self.kv_rank + self.rope, bias=False)
-        self.kv_a_layernorm = nn.RMSNorm(self.kv_rank, eps=config.rms_norm_eps)
+        self.kv_a_layernorm = RMSNorm(self.kv_rank, eps=config.rms_norm_eps)
         self.kv_b_proj = nn.Linear(self.kv_rank, nh * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(nh * self.v_dim, H, bias=False)
         # softmax scale 1/sqrt(d_h + d_h^R), times mscale^2 under YaRN (V2 Appendix B)

@@ -9,14 +9,15 @@ from nanoseek.config import ModelConfig
 from nanoseek.model.attention import MLA
 from nanoseek.model.gqa import GQA
 from nanoseek.model.moe import MLP, MoE
+from nanoseek.model.norm import RMSNorm
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
-        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.self_attn = MLA(config, layer_idx) if config.attention_type == "mla" else GQA(config, layer_idx)
-        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         if config.is_moe_layer(layer_idx):
             self.mlp = MoE(config)
         else:

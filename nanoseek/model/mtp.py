@@ -12,6 +12,7 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import Block
+from nanoseek.model.norm import RMSNorm
 
 
 class MTPModule(Block):
@@ -22,10 +23,10 @@ class MTPModule(Block):
     def __init__(self, config: ModelConfig, depth: int):
         super().__init__(config, layer_idx=config.num_hidden_layers + depth)
         H = config.hidden_size
-        self.enorm = nn.RMSNorm(H, eps=config.rms_norm_eps)
-        self.hnorm = nn.RMSNorm(H, eps=config.rms_norm_eps)
+        self.enorm = RMSNorm(H, eps=config.rms_norm_eps)
+        self.hnorm = RMSNorm(H, eps=config.rms_norm_eps)
         self.eh_proj = nn.Linear(2 * H, H, bias=False)
-        self.norm = nn.RMSNorm(H, eps=config.rms_norm_eps)  # applied before the shared head ("shared_head.norm")
+        self.norm = RMSNorm(H, eps=config.rms_norm_eps)  # applied before the shared head ("shared_head.norm")
 
     def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, cos, sin, cache=None, positions=None):
         h = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h_prev)], dim=-1))

@@ -11,6 +11,7 @@ from nanoseek.config import ModelConfig
 from nanoseek.model.block import Block
 from nanoseek.model.moe import MoE, update_bias
 from nanoseek.model.mtp import MTPModule, mtp_inputs, mtp_targets
+from nanoseek.model.norm import RMSNorm
 from nanoseek.model.rope import RotaryEmbedding
 
 
@@ -35,7 +36,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(config)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
-        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight

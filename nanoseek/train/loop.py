@@ -126,8 +126,9 @@ class TrainResult:
     tokens: int                  # input tokens processed, over all sessions of the run
     elapsed_s: float             # training time over all sessions (evaluation included)
     tokens_per_s: float
-    mfu: float | None            # model FLOPs utilisation against peak_flops (None off CPU)
-    peak_flops: float | None     # the measured matmul FLOP/s of this CPU
+    flops: float                 # model FLOPs of the training steps (nanoseek.cost), over all sessions
+    mfu: float | None            # model FLOPs utilisation against peak_flops
+    peak_flops: float | None     # the measured matmul FLOP/s of the device (all ranks' under torchrun)
     interrupted: bool            # stopped by Ctrl-C; the last checkpoint holds the state
     checkpoint: Path | None      # the newest training checkpoint
 
@@ -330,20 +331,20 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
                 bar.write(f"interrupted: saved step {step} to {checkpoint}")
                 break
     return TrainResult(step=step, loss=last_loss, tokens=tokens, elapsed_s=elapsed,
-                       tokens_per_s=tokens / elapsed if elapsed else 0.0,
+                       tokens_per_s=tokens / elapsed if elapsed else 0.0, flops=flops,
                        mfu=flops / elapsed / peak if elapsed and peak else None, peak_flops=peak,
                        interrupted=interrupted, checkpoint=checkpoint)
 
 
 @functools.cache
 def _matmul_peak(device: torch.device, bf16: bool) -> float | None:
-    """The measured matmul FLOP/s that MFU is relative to: this CPU's, probed once per process (the probe's random
-    numbers come from a forked RNG, so the run's stream is untouched); None on other devices, which the probe does
-    not measure."""
-    if device.type != "cpu":
+    """The measured matmul FLOP/s that MFU is relative to: the CPU's or the GPU's, probed once per process (the
+    probe's random numbers come from a forked RNG, so the run's stream is untouched); None on devices the probe
+    does not know."""
+    if device.type not in ("cpu", "cuda"):
         return None
-    with torch.random.fork_rng(devices=[]):
-        return measure_matmul_peak(torch.bfloat16 if bf16 else None)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return measure_matmul_peak(torch.bfloat16 if bf16 else None, device)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import pytest
 import torch
 from train_helpers import RandomBatches, small_model
 
+from nanoseek.cost import flops_per_token
 from nanoseek.errors import NanoseekError
 from nanoseek.train.loop import StepLoss, TrainConfig, accumulate_gradients, lm_loss, train
 from nanoseek.train.state import checkpoint_dirs
@@ -99,6 +100,10 @@ def test_metrics_line_per_step(tmp_path):
         assert [sum(layer) for layer in r["expert_tokens"]] == [4 * 16 * 2, 4 * 15 * 2]
     assert [("val_loss" in r) for r in records] == [False, True, True]
     assert result.step == 3 and result.tokens == 3 * 4 * 16 and 0 < result.mfu < 1
+    # 6 N per token plus attention, MTP included (nanoseek.cost), whatever the device
+    expected = flops_per_token(small_model().config, 16, mtp=True) * result.tokens
+    assert result.flops == pytest.approx(expected)
+    assert result.mfu == pytest.approx(result.flops / result.elapsed_s / result.peak_flops)
 
 
 def test_zero_mtp_weight_skips_and_freezes_the_mtp_module(tmp_path):
@@ -151,3 +156,14 @@ def test_ctrl_c_saves_and_stops(tmp_path):
     assert result.interrupted and result.step == 3
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000003"]
     assert signal.getsignal(signal.SIGINT) is before    # the loop's own handler is gone again
+
+
+def test_bf16_autocast_step_is_close_to_float32_and_silent(tmp_path, recwarn):
+    """Under autocast the latent projections hand RMSNorm bf16 activations beside its float32 weight: no warning,
+    and a loss within bf16's rounding of float32's."""
+    losses = {}
+    for bf16 in (False, True):
+        config = TrainConfig(max_steps=1, batch_size=4, save_every=100, bf16=bf16)
+        losses[bf16] = train(small_model(), RandomBatches(), lm_loss(0.3, 1e-4), config, tmp_path / str(bf16)).loss
+    assert losses[True] == pytest.approx(losses[False], rel=0.02) and losses[True] != losses[False]
+    assert not [str(w.message) for w in recwarn if "dtype" in str(w.message)]
