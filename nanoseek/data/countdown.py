@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import random
+import warnings
 from collections import Counter
 from fractions import Fraction
 
@@ -91,7 +92,9 @@ def check(problem: Problem, text: str) -> bool:
     if len(expr) > MAX_ANSWER_CHARS or (stated.strip() and parse_number(stated) != problem.target):
         return False
     try:
-        tree = ast.parse(expr.strip(), mode="eval")
+        with warnings.catch_warnings():  # "3x" is a wrong answer, not a warning on the console
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expr.strip(), mode="eval")
     except (SyntaxError, ValueError):  # ValueError: a null byte
         return False
     used = []

@@ -36,6 +36,12 @@ def test_wrong_answers(text):
     assert not verify(P, text)
 
 
+def test_malformed_number_is_wrong_without_a_warning(recwarn):
+    """Python warns on "3or 2" as it parses ("invalid decimal literal"): a model's answer is judged, not warned about."""
+    assert not verify(P, "50 * 3or 2") and not verify(P, "3and 25")
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
+
+
 def test_division_by_zero_is_wrong_not_an_error():
     p = Problem(task="countdown", prompt="", reasoning="", answer="3 + 3 + 5", numbers=(3, 3, 5), target=11)
     assert verify(p, "3 + 3 + 5") and not verify(p, "5 / (3 - 3)")
