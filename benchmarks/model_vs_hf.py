@@ -1,7 +1,7 @@
 """nanoseek vs transformers' DeepseekV3ForCausalLM on the reference shape, measured side by side in one run.
 
 Training step: batch 8 x 256, forward + backward + AdamW. Prefill: tokens/s of a forward over the same batch.
-float32, and bf16 autocast (this CPU has AMX). Usage: python benchmarks/model_vs_hf.py [--threads 2] [--steps 5]
+float32, and bf16 autocast (it pays on CPUs with AVX512-BF16 or AMX). Usage: python benchmarks/model_vs_hf.py [--threads 2] [--steps 5]
 """
 from __future__ import annotations
 
