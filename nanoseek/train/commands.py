@@ -302,7 +302,7 @@ def distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kd-alpha", type=float, default=None, help="α of --logit-kd, in [0, 1] (default: 0.5)")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 400)")
     p.add_argument("--batch-size", type=int, default=None, help="conversations per optimizer step (default: 16)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 6e-3)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the student's weights, the questions and the sampling (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
