@@ -54,7 +54,8 @@ GPUS = {
 
 def measure_matmul_peak(dtype=None, device=None, repeats: int = 5) -> float:
     """A device's matmul FLOP/s: the best of a few square matmuls (1024 on a CPU with torch's current thread count,
-    8192 on a GPU, whose peak a small product does not reach)."""
+    8192 on a GPU, whose peak a small product does not reach). Its random operands come from a forked RNG, so a
+    training run's random stream is untouched."""
     import time
 
     import torch
@@ -62,8 +63,9 @@ def measure_matmul_peak(dtype=None, device=None, repeats: int = 5) -> float:
     device = torch.device(device or "cpu")
     n = 1024 if device.type == "cpu" else 8192
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
-    b = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        a = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
+        b = torch.randn(n, n, dtype=dtype or torch.float32, device=device)
     a @ b
     sync()
     best = float("inf")

@@ -179,9 +179,8 @@ def run(out: str | Path, size: str = "default") -> list[dict]:
                           f"setting or choose another --out")
     write_atomic(saved, json.dumps({"size": size}) + "\n")
     device = device_of(None)  # where every stage trains
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        ctx = Context(out, plan, measure_matmul_peak(device=device),
-                      torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU")
+    ctx = Context(out, plan, measure_matmul_peak(device=device),
+                  torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU")
     for stage in plan.stages:
         ctx.records[stage.name] = run_stage(ctx, stage)
         write_report(ctx)

@@ -194,7 +194,8 @@ def dequantize_fp8(q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, i
 
 # ---- modules ----------------------------------------------------------------------------------------------------
 def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """t, contiguous and starting on a 64-byte boundary (copied when it is not), as torch's int8 CPU kernel needs."""
+    """t, contiguous and starting on a 64-byte boundary (copied when it is not, as torch's allocator places a new
+    tensor): torch's int8 CPU kernel needs its operands 32-byte aligned."""
     return t if t.is_contiguous() and t.data_ptr() % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
 
 

@@ -92,7 +92,7 @@ def check(problem: Problem, text: str) -> bool:
     if len(expr) > MAX_ANSWER_CHARS or (stated.strip() and parse_number(stated) != problem.target):
         return False
     try:
-        with warnings.catch_warnings():  # "3x" is a wrong answer, not a warning on the console
+        with warnings.catch_warnings():  # "3or 2" is a wrong answer, not a warning on the console
             warnings.simplefilter("ignore", SyntaxWarning)
             tree = ast.parse(expr.strip(), mode="eval")
     except (SyntaxError, ValueError):  # ValueError: a null byte

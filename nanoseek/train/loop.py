@@ -338,13 +338,11 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
 
 @functools.cache
 def _matmul_peak(device: torch.device, bf16: bool) -> float | None:
-    """The measured matmul FLOP/s that MFU is relative to: the CPU's or the GPU's, probed once per process (the
-    probe's random numbers come from a forked RNG, so the run's stream is untouched); None on devices the probe
-    does not know."""
+    """The measured matmul FLOP/s that MFU is relative to: the CPU's or the GPU's, probed once per process; None on
+    devices the probe does not know."""
     if device.type not in ("cpu", "cuda"):
         return None
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return measure_matmul_peak(torch.bfloat16 if bf16 else None, device)
+    return measure_matmul_peak(torch.bfloat16 if bf16 else None, device)
 
 
 @contextmanager
