@@ -14,9 +14,10 @@ evaluated on the same held-out problems, greedily. OUT/report.md (a table, the p
 results. OUT/<stage>/stage.json marks a stage done, so running the command again skips what is finished and
 resumes a stage that was interrupted. The stages are a list.
 
-Departure from the paper: R1 §2.3.3 fine-tunes the base model again on the rejection-sampled data; at this scale
+Departures from the paper: R1 §2.3.3 fine-tunes the base model again on the rejection-sampled data; at this scale
 and budget we continue from the RL checkpoint (rejection-sampling fine-tuning), which the final RL stage then
-refines. R1-Zero's prompt is the base model's own format, worked examples of the task before the question
+refines. The reasoning RL stages drop GRPO's KL term and std scaling (Dr. GRPO), which learned faster here (see
+`recipe`). R1-Zero's prompt is the base model's own format, worked examples of the task before the question
 (R1 §2.2.1 gives a base model a plain-text template; ours is the pretraining documents' layout).
 """
 from __future__ import annotations
@@ -116,12 +117,12 @@ def recipe(size: str = "default") -> Recipe:
                                        loss_agg="token", adv_scale="none")
     # R1 §2.4 distils into pretrained bases (Qwen2.5, Llama 3), so the student is first pretrained like the teacher,
     # on the same mix for as many steps. The teacher answers these train-split questions 4 times each, and the
-    # student takes these SFT steps on the verified answers. Measured with a 37.0% teacher, 400 steps at lr 3e-3 (the
-    # default is now distill.DEFAULT_TRAIN's 6e-3, which takes the student further in as many steps): a fresh student
+    # student takes these SFT steps on the verified answers (distill.DEFAULT_TRAIN's). Measured with a 37.0% teacher,
+    # 400 steps at lr 3e-3 (the default is now 6e-3, which takes the student further in as many steps): a fresh student
     # on 522 answers (of 1024 questions) reached 7.5%, the pretrained one 18.0%; on 1000 answers 26.0% (500 steps),
     # on 1930 (of 4096 questions) 38.0% (17.0% after 200 steps, 43.5% after 600). One answer to each of 4096
     # questions kept 1034, but the student learned less from 1813 such answers (28.0%) than from 1930 of four each.
-    student = {"default": dict(questions=4096, steps=400), "quick": dict(questions=256, steps=60),
+    student = {"default": dict(questions=4096, steps=DISTILL_TRAIN.max_steps), "quick": dict(questions=256, steps=60),
                "smoke": dict(questions=4, steps=2)}[size]
     stages = (
         Stage("pretrain", "pretrain", None, PretrainConfig(seq_len=64 if smoke else 256),

@@ -300,7 +300,7 @@ def distill_args(p: argparse.ArgumentParser) -> None:
                    help="also match the teacher's token distribution: (1-α) SFT + α T² KL(teacher || student)")
     p.add_argument("--kd-temperature", type=float, default=None, help="T of --logit-kd (default: 2.0)")
     p.add_argument("--kd-alpha", type=float, default=None, help="α of --logit-kd, in [0, 1] (default: 0.5)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 400)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 800)")
     p.add_argument("--batch-size", type=int, default=None, help="conversations per optimizer step (default: 16)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 6e-3)")
     p.add_argument("--seed", type=int, default=None,
