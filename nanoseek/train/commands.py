@@ -336,7 +336,7 @@ def run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/r1", help="output folder; run again to finish an interrupted run "
                                                     "(default: runs/r1)")
     p.add_argument("--quick", action="store_true", help="small budgets: about 10 minutes on 2 CPU cores "
-                                                        "(default: about 45)")
+                                                        "(default: 30-60)")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # a few steps per stage, for CI
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
