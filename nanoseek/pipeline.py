@@ -16,9 +16,9 @@ resumes a stage that was interrupted. The stages are a list.
 
 Departures from the paper: R1 §2.3.3 fine-tunes the base model again on the rejection-sampled data; at this scale
 and budget we continue from the RL checkpoint (rejection-sampling fine-tuning), which the final RL stage then
-refines. The reasoning RL stages drop GRPO's KL term and std scaling (Dr. GRPO), which learned faster here (see
-`recipe`). R1-Zero's prompt is the base model's own format, worked examples of the task before the question
-(R1 §2.2.1 gives a base model a plain-text template; ours is the pretraining documents' layout).
+refines. The reasoning RL stages drop GRPO's KL term, std scaling and length normalisation (Dr. GRPO), which
+learned faster here (see `recipe`). R1-Zero's prompt is the base model's own format, worked examples of the task
+before the question (R1 §2.2.1 gives a base model a plain-text template; ours is the pretraining documents' layout).
 """
 from __future__ import annotations
 
@@ -106,13 +106,14 @@ def recipe(size: str = "default") -> Recipe:
 
     rl_rewards = "accuracy=1,format=0.5,language=0.1"
     # Reasoning RL: 16 questions per step (twice GRPOConfig's 8: more groups with a signal per update), the routing
-    # bias left where SFT put it (γ = 0), so expert selection moves only by the reward's gradient, and Dr. GRPO's
-    # objective (Liu et al. 2025, arXiv 2503.20783): no KL term (β = 0, as DAPO), advantages r - mean without the
-    # std, the loss averaged over all tokens. Measured from the default SFT model (39.1% on the 440 held-out
-    # problems), 104 steps: DeepSeekMath's settings (β 0.04, per sequence, std) +2.0 and +4.3 (two seeds), Dr.
-    # GRPO +3.6 and +5.4 (two CPUs), accuracy reward alone +5.2, lr 5e-5 +4.1; at lr 3e-4 every objective lost 5-8
-    # points and at 1e-3 collapsed to 2% (short, well-formed, wrong answers). Dr. GRPO for longer: 208 steps +5.4,
-    # 312 +7.3, 416 +10.2, 520 +10.4 (rollout accuracy 32% -> 46%), at 1.2-1.6 s a step on 2 AMD EPYC cores.
+    # bias left where SFT put it (γ = 0), so expert selection moves only by the reward's gradient, and GRPO without
+    # its two biases (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783): advantages r - mean without the std, and no
+    # per-completion length normalisation (the loss averaged over all the batch's tokens, as DAPO does); no KL term
+    # (β = 0, as both). Measured from the default SFT model (39.1% on the 440 held-out problems), 104 steps:
+    # DeepSeekMath's settings (β 0.04, per sequence, std) +2.0 and +4.3 (two seeds), Dr. GRPO +3.6 and +5.4 (two
+    # CPUs), accuracy reward alone +5.2, lr 5e-5 +4.1; at lr 3e-4 every objective lost 5-8 points and at 1e-3
+    # collapsed to 2% (short, well-formed, wrong answers). Dr. GRPO for longer: 208 steps +5.4, 312 +7.3, 416 +10.2,
+    # 520 +10.4 (rollout accuracy 32% -> 46%), at 1.2-1.6 s a step on 2 AMD EPYC cores.
     reasoning_rl = dataclasses.replace(grpo_base, rewards=rl_rewards, prompts_per_step=2 if smoke else 16, beta=0.0,
                                        loss_agg="token", adv_scale="none")
     # R1 §2.4 distils into pretrained bases (Qwen2.5, Llama 3), so the student is first pretrained like the teacher,
