@@ -49,9 +49,7 @@ def test_smoke_run_end_to_end_and_again(tmp_path, capsys):
     capsys.readouterr()
 
     marks = {name: (out / name / "stage.json").stat().st_mtime_ns for name in STAGES}
-    start = time.perf_counter()
     main(["run", "--smoke", "--out", str(out)])
-    assert time.perf_counter() - start < 10
     assert capsys.readouterr().out.count("done already") == len(STAGES)
     assert marks == {name: (out / name / "stage.json").stat().st_mtime_ns for name in STAGES}
 
