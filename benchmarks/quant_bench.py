@@ -12,7 +12,7 @@ Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `t
 --eval-data, a JSONL from `nanoseek data`), prompted with the chat template and judged by the task's verifier on the
 text after </think>;
 it needs the checkpoint's tokenizer.json and prints n/a without one. Decode: tokens/s of batch-1 greedy decoding
-over the latent cache after a 32-token prompt; the formats take turns, --repeats rounds, and each keeps its best
+through the engine after a 32-token prompt (int8 and int4 decode eagerly, the others compiled); the formats take turns, --repeats rounds, and each keeps its best
 run, so a load that comes and goes on a shared machine hits them all alike.
 
 Usage: python benchmarks/quant_bench.py CKPT [--eval-data FILE] [--n 50] [--max-new-tokens 320] [--threads 2]
@@ -31,7 +31,7 @@ import torch
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
 from nanoseek.data import Problem, verify
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
-from nanoseek.infer.kv_cache import LatentCache
+from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.model import Transformer
 from nanoseek.quant import Int4Linear, Int8Linear, quantized_bytes
 from nanoseek.tokenizer import END_THINK, Tokenizer, chat_ids
@@ -61,14 +61,14 @@ def accuracy(model: Transformer, tokenizer: Tokenizer, problems: list[Problem], 
     return correct / len(problems)
 
 
-@torch.no_grad()
 def decode_tokens_per_second(model: Transformer, tokens: int) -> float:
-    prompt = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
-    cache = LatentCache(model.config, 1, 32 + tokens, dtype=model.embed_tokens.weight.dtype)
-    logits = model(prompt, torch.arange(32).unsqueeze(0), cache)
+    """Batch-1 greedy decoding through the engine, a 32-token prompt, after one warm-up run (compiling)."""
+    prompt = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0)).tolist()
+    engine = Engine(model, EngineConfig(cache_mb=16, prefix_cache=False))
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    engine.generate(prompt, params)
     start = time.perf_counter()
-    for i in range(tokens):
-        logits = model(logits[:, -1].argmax(-1, keepdim=True), torch.tensor([[32 + i]]), cache)
+    engine.generate(prompt, params)
     return tokens / (time.perf_counter() - start)
 
 

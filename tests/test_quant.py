@@ -15,7 +15,7 @@ from nanoseek.cli import main
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError, ConfigError
 from nanoseek.gptq import hessians
-from nanoseek.infer.kv_cache import LatentCache
+from nanoseek.train.evaluate import generate
 from nanoseek.model import Transformer
 
 # Shapes chosen to reach every path: int4 in groups of 64 (K = 192, 320) and of 32 (K = 96), int8 where 32 does not
@@ -336,15 +336,8 @@ def trained(tmp_path_factory):
 
 
 def greedy(model: Transformer, prompt: torch.Tensor, n: int) -> torch.Tensor:
-    """n tokens after each prompt row, decoded one by one against the latent cache (the absorbed path)."""
-    B, T = prompt.shape
-    cache = LatentCache(model.config, B, T + n)
-    logits = model(prompt, torch.arange(T).expand(B, T), cache)
-    out = []
-    for i in range(n):
-        out.append(logits[:, -1].argmax(-1))
-        logits = model(out[-1].unsqueeze(1), torch.full((B, 1), T + i), cache)
-    return torch.stack(out, 1)
+    """n tokens after each prompt row, decoded by the engine (absorbed attention over the latent cache)."""
+    return torch.tensor(generate(model, prompt.tolist(), n, stop_id=None))
 
 
 # bf16 also rounds the embeddings, norms and router that the other formats keep: together they can tip a token's

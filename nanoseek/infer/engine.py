@@ -2,23 +2,22 @@
 (Sarathi, Agrawal et al. 2023), prefix caching and MTP self-speculative decoding.
 
 Requests join and leave between steps. Each `step()`:
-  1. admits waiting requests, first come first served, while the cache has room for all of a request: its prompt
-     (less what the prefix cache already holds) and max_tokens more per sample. A request that does not fit
-     waits in the queue; a running one never runs out of cache.
+  1. admits waiting requests (scheduler.py: first come first served, while the cache has room for all of one);
   2. decodes every running sequence in one batched forward: one new token each, or with speculation a draft
-     checked and one or two new tokens (speculative.py).
+     checked and one or two new tokens (speculative.py). The step is compiled per batch bucket (forward.py),
+     and greedy choices are made inside it;
   3. prefills at most `prefill_chunk` prompt tokens of admitted requests, so a long prompt delays the running
      sequences by one chunk per step rather than by its whole length. When a prompt is done its first token is
      sampled, and a request for n samples forks into n sequences sharing the prompt's cache blocks.
 `step()` returns what each sequence gained (`Update`); `stream()` runs steps and yields them; `generate()`
-runs a batch of prompts to the end.
+runs a batch of prompts to the end. Everything that generates tokens in nanoseek (evaluation, GRPO rollouts,
+rejection sampling, distillation traces, `generate`/`chat`, the server) runs through here.
 """
 from __future__ import annotations
 
 import itertools
 import operator
-import secrets
-from collections import deque
+import sys
 from collections.abc import Iterable, Iterator, Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,15 @@ from pathlib import Path
 import torch
 
 from nanoseek.errors import InferenceError
-from nanoseek.infer.detokenizer import Detokenizer
-from nanoseek.infer.kv_cache import BlockPool, PagedBatch
+from nanoseek.infer import speculative
+from nanoseek.infer.forward import Forward, compile_enabled, decode
+from nanoseek.infer.kv_cache import BlockPool
 from nanoseek.infer.prefix_cache import PrefixCache, fingerprint
 from nanoseek.infer.request import EngineStats, Request, Sequence, Update
-from nanoseek.infer.runner import Runner, threads_for
 from nanoseek.infer.sampler import SamplingParams, choose, top_logprobs
-from nanoseek.infer.speculative import propose, verify
+from nanoseek.infer.scheduler import Scheduler
 from nanoseek.model import Transformer
+from nanoseek.quant import is_quantized
 from nanoseek.tokenizer import Tokenizer
 
 
@@ -49,6 +49,8 @@ class EngineConfig:
     prefix_cache: bool = True
     prefix_cache_dir: str | None = None     # also keep them on disk, across engine restarts
     speculative: bool = False               # MTP self-speculative decoding (needs a model with an MTP module)
+    compile: bool | None = None             # decode steps through torch.compile (forward.py); False: eager;
+                                            # None: the process's setting (forward.set_compile, on by default)
 
     def __post_init__(self):
         for name, ok, expected in [("cache_mb", self.cache_mb > 0, "> 0"), ("block_size", self.block_size >= 1, ">= 1"),
@@ -58,6 +60,14 @@ class EngineConfig:
                 raise InferenceError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         if self.prefix_cache_dir is not None and not self.prefix_cache:
             raise InferenceError(f"prefix_cache_dir={self.prefix_cache_dir!r} needs prefix_cache=True")
+
+
+def cache_mb(model: Transformer, sequences: int, tokens: int) -> float:
+    """The latent cache (MiB) that holds `sequences` sequences of `tokens` tokens each, so that none waits for
+    room."""
+    c = model.config
+    per_token = sum(c.cache_widths()) * c.num_hidden_layers * model.embed_tokens.weight.element_size()
+    return sequences * (tokens + EngineConfig.block_size) * per_token / 2**20  # + a block of rounding each
 
 
 class Engine:
@@ -98,14 +108,28 @@ class Engine:
             self.prefix = PrefixCache(self.pool, self._prefix_root(), lookahead=int(self.spec),
                                       directory=config.prefix_cache_dir)
         self._weights_version = self._version()
-        self.runner = Runner(model)
+        compile = compile_enabled() if config.compile is None else config.compile
+        if compile and is_quantized(model):
+            print("nanoseek: int8 / int4 layers run torch's own CPU kernels, which do not compile; decoding eagerly",
+                  file=sys.stderr)
+            compile = False
+        self.forward = Forward(model, self.pool, compile)
+        self.scheduler = Scheduler(self.pool, self.prefix, config.max_seqs, self.spec, c.vocab_size, tokenizer)
         self.stats = EngineStats()
         self.requests: dict[int, Request] = {}       # waiting or running
-        self.waiting: deque[Request] = deque()
-        self.prefilling: list[Sequence] = []
-        self.running: list[Sequence] = []
-        self._active = 0                             # sequences admitted and not finished (forks included)
         self._next_id = 0
+
+    @property
+    def waiting(self):
+        return self.scheduler.waiting
+
+    @property
+    def prefilling(self) -> list[Sequence]:
+        return self.scheduler.prefilling
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.scheduler.running
 
     # ---- the request API ----------------------------------------------------------------------------------------
     def add_request(self, prompt_ids: Seq[int], params: SamplingParams | None = None) -> int:
@@ -122,28 +146,27 @@ class Engine:
             if isinstance(request_id, int) and 0 <= request_id < self._next_id:
                 return
             raise InferenceError(f"unknown request id {request_id!r}")
-        if request in self.waiting:
-            self.waiting.remove(request)
-            del self.requests[request_id]
-            return
-        for seq in request.sequences:
-            if seq.finish_reason is None:
-                self._finish(seq, "cancelled")
-        for blocks in request.spare:  # samples that never forked
-            self.pool.release(blocks)
-            self._active -= 1
-        request.spare = []
+        self.scheduler.cancel(request)
         self.requests.pop(request_id, None)
 
     @torch.inference_mode()
     def step(self) -> list[Update]:
-        self._admit()
-        updates = []
-        if self.running:
-            with threads_for(len(self.running) * (2 if self.spec else 1)):
+        if self.waiting and self.prefix is not None and self._version() != self._weights_version:
+            self.scheduler.forget_prefixes(self._prefix_root())
+            self._weights_version = self._version()
+        for request in self.scheduler.admit():
+            self.stats.prompt_tokens += len(request.prompt)
+            self.stats.cached_tokens += request.cached_tokens
+        training = self.model.training
+        self.model.eval()  # a policy between training steps (GRPO): no routing statistics from these forwards
+        try:
+            updates = []
+            if self.running:
                 updates += self._decode_speculative() if self.spec else self._decode()
-        if self.prefilling:
-            updates += self._prefill()
+            if self.prefilling:
+                updates += self._prefill()
+        finally:
+            self.model.train(training)
         self.stats.steps += 1
         return updates
 
@@ -178,7 +201,7 @@ class Engine:
     def free_blocks(self) -> int:
         return self.pool.free_blocks
 
-    # ---- admission ----------------------------------------------------------------------------------------------
+    # ---- requests -----------------------------------------------------------------------------------------------
     def _make_request(self, prompt_ids: Seq[int], params: SamplingParams) -> Request:
         if not isinstance(params, SamplingParams):
             raise InferenceError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -195,7 +218,7 @@ class Engine:
         if params.n > self.config.max_seqs:
             raise InferenceError(f"n={params.n} samples exceed max_seqs={self.config.max_seqs}")
         max_tokens = min(params.max_tokens, self.context - len(prompt))
-        need = self._blocks_needed(len(prompt), max_tokens, params.n, cached=0)
+        need = self.scheduler.blocks_needed(len(prompt), max_tokens, params.n, cached=0)
         if need > self.pool.capacity:
             raise InferenceError(f"a prompt of {len(prompt)} tokens with max_tokens={max_tokens} and n={params.n} "
                                  f"needs {need} cache blocks of {self.pool.block_size} tokens, but the cache holds "
@@ -214,53 +237,6 @@ class Engine:
             raise InferenceError(f"{what} is {t}, outside the vocabulary (0..{self.vocab_size - 1})")
         return t
 
-    def _fork_block(self, prompt_len: int) -> int:
-        """The first block a sample holds on its own: the one its first new token goes to, or with speculation
-        the one holding the prompt's last position (its MTP entry depends on the sample's first token)."""
-        return (prompt_len - 1 if self.spec else prompt_len) // self.pool.block_size
-
-    def _blocks_needed(self, prompt_len: int, max_tokens: int, n: int, cached: int) -> int:
-        total = -(-(prompt_len + max_tokens) // self.pool.block_size)
-        return total - cached + (n - 1) * (total - self._fork_block(prompt_len))
-
-    def _admit(self) -> None:
-        if self.waiting and self.prefix is not None and self._version() != self._weights_version:
-            self._weights_changed()
-        bs = self.pool.block_size
-        while self.waiting and self._active + self.waiting[0].params.n <= self.config.max_seqs:
-            request = self.waiting[0]
-            L, n = len(request.prompt), request.params.n
-            cached, hasher = self.prefix.match(request.prompt) if self.prefix is not None else ([], None)
-            need = self._blocks_needed(L, request.max_tokens, n, len(cached))
-            if need > self.pool.free_blocks:
-                self.pool.release(cached)
-                break
-            self.waiting.popleft()
-            total = -(-(L + request.max_tokens) // bs)
-            seq = self._sequence(request, 0, list(request.prompt), cached + self.pool.allocate(total - len(cached)))
-            seq.computed = seq.complete = len(cached) * bs
-            seq.registered, seq.hasher = len(cached), hasher
-            request.spare = [self.pool.allocate(total - self._fork_block(L)) for _ in range(n - 1)]
-            request.cached_tokens = len(cached) * bs
-            request.sequences = [seq]
-            self._active += n
-            self.prefilling.append(seq)
-            self.stats.prompt_tokens += L
-            self.stats.cached_tokens += request.cached_tokens
-
-    def _sequence(self, request: Request, index: int, tokens: list[int], blocks: list[int]) -> Sequence:
-        params = request.params
-        seed = secrets.randbits(62) if params.seed is None else params.seed + index
-        seq = Sequence(request, index, tokens, blocks, torch.Generator(self.pool.kv.device).manual_seed(seed))
-        if params.penalized:
-            device = self.pool.kv.device
-            seq.counts = torch.zeros(self.vocab_size, device=device)
-            seq.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
-            seq.seen[torch.tensor(tokens, device=device)] = True
-        if self.tokenizer is not None:
-            seq.detokenizer = Detokenizer(self.tokenizer, params.stop)
-        return seq
-
     # ---- prefill ------------------------------------------------------------------------------------------------
     def _prefill(self) -> list[Update]:
         """One chunk of prompt tokens over the prefilling sequences, in admission order."""
@@ -271,134 +247,65 @@ class Engine:
             budget -= n
             if budget == 0:
                 break
-        with threads_for(sum(n for _, _, n in rows)):
-            return self._prefill_rows(rows)
-
-    def _prefill_rows(self, rows: list[tuple[Sequence, int, int]]) -> list[Update]:
-        T = max(n for _, _, n in rows)
-        device = self.pool.kv.device
-        batch = PagedBatch(self.pool, [seq.blocks for seq, _, _ in rows], [s for _, s, _ in rows],
-                           [n for _, _, n in rows])
-        ids = torch.tensor([seq.tokens[s:s + n] + [0] * (T - n) for seq, s, n in rows], device=device)
-        h = self.runner.hidden(ids, batch)                                                  # (B * T, hidden)
+        seqs = [seq for seq, _, _ in rows]
+        h = self.forward.prefill(seqs, [s for _, s, _ in rows], [n for _, _, n in rows])    # (B, T, hidden)
         for seq, s, n in rows:
             seq.computed = s + n
         if self.spec:
-            self._prefill_mtp(rows, h.view(len(rows), T, -1))
+            speculative.prefill_entries(self.forward, rows, h)
         else:
-            for seq, _, _ in rows:
+            for seq in seqs:
                 seq.complete = seq.computed
+        for seq in seqs:
+            self.scheduler.register(seq)
         done = [i for i, (seq, s, n) in enumerate(rows) if s + n == len(seq.tokens)]
-        for seq, _, _ in rows:
-            self._register(seq)
         if not done:
             return []
-        last = torch.tensor([i * T + rows[i][2] - 1 for i in done], device=device)
-        h_last, logits = h[last], self.runner.logits(h[last])
+        h_last = h[done, [rows[i][2] - 1 for i in done]]                                    # (done, hidden)
+        logits = self.model.head(h_last).float()
         updates, started, started_h = [], [], []
         for j, i in enumerate(done):
-            seq = rows[i][0]
-            self.prefilling.remove(seq)
-            samples = self._fork(seq)
+            samples = self.scheduler.fork(rows[i][0])
             tokens, _ = choose(logits[j].expand(len(samples), -1), samples)
             lps = self._logprobs(logits[j].expand(len(samples), -1), samples, tokens)
             for sample, token, lp in zip(samples, tokens, lps):
-                self.running.append(sample)
                 updates.append(self._append(sample, [token], [lp]))
                 if sample.finish_reason is None:
                     started.append(sample)
                     started_h.append(h_last[j])
         if self.spec and started:
-            self._first_drafts(started, torch.stack(started_h))
+            speculative.first_drafts(self.forward, started, torch.stack(started_h))
+            for s in started:
+                s.complete = s.computed
+                self.scheduler.register(s)
         return updates
-
-    def _prefill_mtp(self, rows, h: torch.Tensor) -> None:
-        """MTP latents for the chunk's positions, each from the main hidden state there and the next prompt
-        token; the prompt's last position waits for the first sampled token (`_first_drafts`)."""
-        keep = [(i, seq, s, min(s + n, len(seq.tokens) - 1) - s) for i, (seq, s, n) in enumerate(rows)]
-        keep = [k for k in keep if k[3] > 0]
-        for _, seq, s, m in keep:
-            seq.complete = s + m
-        if not keep:
-            return
-        T = max(m for *_, m in keep)
-        batch = PagedBatch(self.pool, [seq.blocks for _, seq, _, _ in keep], [s for _, _, s, _ in keep],
-                           [m for *_, m in keep])
-        ids = torch.tensor([seq.tokens[s + 1:s + 1 + m] + [0] * (T - m) for _, seq, s, m in keep],
-                           device=h.device)
-        self.runner.mtp(h[[i for i, *_ in keep], :T].flatten(0, 1), ids, batch)
-
-    def _first_drafts(self, seqs: list[Sequence], h_last: torch.Tensor) -> None:
-        """MTP at each new sample's last prompt position, with its first token: the entry there and a draft."""
-        batch = PagedBatch(self.pool, [s.blocks for s in seqs], [s.computed - 1 for s in seqs], [1] * len(seqs))
-        ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=h_last.device)
-        _, logits = self.runner.mtp(h_last, ids, batch)
-        for s in seqs:
-            s.complete = s.computed
-            self._register(s)
-        propose(logits, seqs)
-
-    def _fork(self, seq: Sequence) -> list[Sequence]:
-        """A finished prefill -> the request's n samples. Sample 0 is the prefill sequence itself; the others
-        share its blocks before the fork block, copy that block, and continue in their spare blocks."""
-        request = seq.request
-        samples = [seq]
-        first = self._fork_block(len(request.prompt))
-        for index, spare in enumerate(request.spare, start=1):
-            shared = seq.blocks[:first]
-            self.pool.share(shared)
-            if first < len(seq.blocks) and first * self.pool.block_size < len(request.prompt):
-                self.pool.copy_block(seq.blocks[first], spare[0])
-            child = self._sequence(request, index, list(seq.tokens), shared + spare)
-            child.computed, child.complete, child.registered = seq.computed, seq.complete, seq.registered
-            child.hasher = seq.hasher.copy() if seq.hasher is not None else None
-            samples.append(child)
-        request.spare = []
-        request.sequences = samples
-        return samples
 
     # ---- decode -------------------------------------------------------------------------------------------------
     def _decode(self) -> list[Update]:
-        seqs = self.running
-        ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.pool.kv.device)
-        batch = PagedBatch(self.pool, [s.blocks for s in seqs], [s.computed for s in seqs], [1] * len(seqs))
-        logits = self.runner.logits(self.runner.hidden(ids, batch))
+        seqs = list(self.running)
+        logits, best = self.forward.decode(decode, seqs, 1, [[s.tokens[-1]] for s in seqs])
+        logits = logits[:, 0]
         for s in seqs:
             s.computed += 1
             s.complete = s.computed
-        tokens, _ = choose(logits, seqs)
+        if all(s.params.greedy and not s.params.penalized for s in seqs):
+            tokens = best[:, 0].tolist()  # chosen inside the step
+        else:
+            tokens, _ = choose(logits, seqs)
         lps = self._logprobs(logits, seqs, tokens)
-        return [self._append(s, [t], [lp]) for s, t, lp in zip(list(seqs), tokens, lps)]
+        return [self._append(s, [t], [lp]) for s, t, lp in zip(seqs, tokens, lps)]
 
     def _decode_speculative(self) -> list[Update]:
-        """Feed [last token, draft] per sequence; the draft stands or falls by `verify`; then the MTP module
-        runs over the same two positions and drafts again."""
         seqs = list(self.running)
-        B, drafts = len(seqs), [s.draft for s in seqs]
-        device = self.pool.kv.device
-        ids = torch.tensor([[s.tokens[-1], s.draft] for s in seqs], device=device)
-        batch = PagedBatch(self.pool, [s.blocks for s in seqs], [s.computed for s in seqs], [2] * B)
-        h = self.runner.hidden(ids, batch)
-        logits = self.runner.logits(h).view(B, 2, -1)
-        accepted, first = verify(logits[:, 0], seqs, drafts)
-        second, _ = choose(logits[:, 1], seqs, extra=drafts)
-        new = [[d, t] if ok else [f] for ok, d, t, f in zip(accepted, drafts, second, first)]
-        # MTP over both positions; after a rejection the second entry is stale and the next step rewrites it
-        mtp_ids = torch.tensor([[tok[0], tok[-1]] for tok in new], device=device)
-        _, mtp_logits = self.runner.mtp(h, mtp_ids, batch)
+        new, logits = speculative.decode(self.forward, seqs)
         lp_first = self._logprobs(logits[:, 0], seqs, [tok[0] for tok in new])
         lp_second = self._logprobs(logits[:, 1], seqs, [tok[-1] for tok in new])
-        for s, ok in zip(seqs, accepted):
-            s.computed += 1 + ok
+        for s, tok in zip(seqs, new):
+            s.computed += len(tok)
             s.complete = s.computed
-        self.stats.drafted += B
-        self.stats.accepted += sum(accepted)
-        updates = [self._append(s, tok, [a, b][:len(tok)]) for s, tok, a, b in zip(seqs, new, lp_first, lp_second)]
-        going = [i for i, s in enumerate(seqs) if s.finish_reason is None]
-        if going:
-            rows = torch.tensor([2 * i + accepted[i] for i in going], device=device)
-            propose(mtp_logits[rows], [seqs[i] for i in going])
-        return updates
+        self.stats.drafted += len(seqs)
+        self.stats.accepted += sum(len(tok) == 2 for tok in new)
+        return [self._append(s, tok, [a, b][:len(tok)]) for s, tok, a, b in zip(seqs, new, lp_first, lp_second)]
 
     def _logprobs(self, logits: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> list:
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
@@ -438,47 +345,17 @@ class Engine:
         if reason is not None:
             if seq.detokenizer is not None and not by_string:  # text held back for a stop string is final now
                 text += seq.detokenizer.flush()
-            self._finish(seq, reason)
+            if self.scheduler.finish(seq, reason):
+                self.requests.pop(request.id, None)
         else:
-            self._register(seq)
+            self.scheduler.register(seq)
         return Update(request.id, seq.index, new, text, logprobs[:len(new)] if params.logprobs is not None else None,
                       reason, seq)
-
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        seq.finish_reason = reason
-        self._register(seq)
-        self.pool.release(seq.blocks)
-        seq.blocks = []
-        for queue in (self.running, self.prefilling):
-            if seq in queue:
-                queue.remove(seq)
-        self._active -= 1
-        request = seq.request
-        if not request.spare and all(s.finish_reason is not None for s in request.sequences):
-            self.requests.pop(request.id, None)
-
-    def _register(self, seq: Sequence) -> None:
-        """Offer the sequence's newly final full blocks to the prefix cache."""
-        if seq.hasher is None:
-            return
-        bs, ahead = self.pool.block_size, self.prefix.lookahead
-        while (seq.registered + 1) * bs <= seq.complete and (seq.registered + 1) * bs + ahead <= len(seq.tokens):
-            key = self.prefix.key(seq.hasher, seq.tokens, seq.registered)
-            self.prefix.register(seq.blocks[seq.registered], key)
-            seq.registered += 1
 
     # ---- weights and the prefix cache ---------------------------------------------------------------------------
     def _version(self) -> int:
         """Changes whenever a weight is modified in place (an optimizer step, load_state_dict)."""
         return sum(t._version for t in itertools.chain(self.model.parameters(), self.model.buffers()))
-
-    def _weights_changed(self) -> None:
-        """Cached prefixes were computed by other weights: forget them all."""
-        self.pool.forget_keys()
-        for seq in self.prefilling + self.running:
-            seq.hasher = None
-        self.prefix.root = self._prefix_root()
-        self._weights_version = self._version()
 
     def _prefix_root(self) -> bytes:
         if self.config.prefix_cache_dir is None:

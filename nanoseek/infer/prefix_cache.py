@@ -79,7 +79,7 @@ class PrefixCache:
         if self.pool.set_key(block, key) and self.directory is not None:
             file = self.directory / f"{key.hex()}.safetensors"
             if not file.exists():
-                write_atomic(file, save({"kv": self.pool.kv[:, self.pool.rows(block)].contiguous()}))
+                write_atomic(file, save({"kv": self.pool.read_block(block)}))
 
     def _load(self, key: bytes) -> int | None:
         """A block from disk, into a fresh block of the pool; None if not there or no block is free."""
@@ -92,11 +92,11 @@ class PrefixCache:
             kv = load_file(file)["kv"]
         except (SafetensorError, KeyError, OSError) as e:
             raise InferenceError(f"prefix cache file {file} is unreadable: {e}") from None
-        expected = (self.pool.kv.shape[0], self.bs, self.pool.width)
+        expected = (self.pool.layers, self.bs, self.pool.width)
         if tuple(kv.shape) != expected:
             raise InferenceError(f"prefix cache file {file} holds shape {tuple(kv.shape)}, expected {expected}")
         [block] = self.pool.allocate(1)
-        self.pool.kv[:, self.pool.rows(block)] = kv.to(self.pool.kv.dtype)
+        self.pool.write_block(block, kv)
         self.pool.set_key(block, key)
         return block
 

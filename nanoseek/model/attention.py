@@ -1,12 +1,15 @@
 """Multi-head latent attention (MLA), DeepSeek-V2 report §2.1, used unchanged by V3 (§2.1.1).
 
 Keys and values are compressed jointly into a latent c_kv of rank `kv_lora_rank`; positions ride on one extra
-rotary key k_rope of `qk_rope_head_dim` values shared by all heads (the "decoupled RoPE" of V2 §2.1.3).
-Two paths over the same weights:
-  * `forward(..., cache=None)`: decompress c_kv into per-head keys and values and attend (training, prefill).
-  * `forward(..., cache=cache)`: absorb W_uk into the query and W_uv into the output (V2 §2.1.2), so attention
-    runs against the cache directly; the cache holds only c_kv and k_rope, kv_lora_rank + qk_rope_head_dim
-    numbers per token per layer.
+rotary key k_rope of `qk_rope_head_dim` values shared by all heads (the "decoupled RoPE" of V2 §2.1.3). The cache
+(infer/kv_cache.py `PagedBatch`) holds only [c_kv ; k_rope], kv_lora_rank + qk_rope_head_dim numbers per token and
+layer (V2 §2.1.4). Two paths over the same weights:
+  * decompressed: [k_nope ; v] = W_ukv c_kv for every key, then ordinary attention. Training (causal over the
+    sequence itself) and prefill (over everything the cache holds for the sequence): many queries share each
+    decompressed key, so decompressing is the cheaper side.
+  * absorbed (V2 §2.1.2): W_uk folds into the query and W_uv into the output, so attention runs against the cached
+    latents directly. Decoding: one or two queries per sequence, and decompressing every cached key per step
+    would cost more than the attention itself.
 """
 from __future__ import annotations
 
@@ -43,9 +46,9 @@ class MLA(nn.Module):
         if config.rope_scaling and config.rope_scaling.get("mscale_all_dim"):
             self.scale *= yarn_mscale(config.rope_scaling["factor"], config.rope_scaling["mscale_all_dim"]) ** 2
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None, positions=None):
-        """x: (batch, seq, hidden); cos/sin: (batch, seq, rope // 2). With a cache, `positions` (batch, seq) says
-        where each new token goes and which cached tokens it may see."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
+        """x: (batch, seq, hidden); cos/sin: (batch, seq, rope // 2). Without a cache, causal attention over x
+        itself; with one (a PagedBatch), the new tokens' latents are stored and attention runs over the cache."""
         B, T, _ = x.shape
         if hasattr(self, "q_proj"):
             q = self.q_proj(x)
@@ -57,34 +60,43 @@ class MLA(nn.Module):
         c_kv, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope], dim=-1)
         c_kv = self.kv_a_layernorm(c_kv)                                             # (B, T, kv_rank)
         k_rope = apply_rope(k_rope.unsqueeze(2), cos, sin, self.interleave).squeeze(2)  # (B, T, rope): one head
-        if cache is None:
-            out = self._decompressed(q_nope, q_rope, c_kv, k_rope)
-        else:
-            c_kv, k_rope, mask = cache.update(self.layer_idx, c_kv, k_rope, positions)
-            out = self._absorbed(q_nope, q_rope, c_kv, k_rope, mask)
+        mask = None
+        if cache is not None:
+            cached = cache.store(self.layer_idx, torch.cat([c_kv, k_rope], dim=-1))    # (B, S, kv_rank + rope)
+            if cache.absorbed:
+                return self.o_proj(self._absorbed(q_nope, q_rope, cached, cache.mask))
+            c_kv, k_rope, mask = cached[..., :self.kv_rank], cached[..., self.kv_rank:], cache.mask
+        out = self._decompressed(q_nope, q_rope, c_kv, k_rope, mask)
         return self.o_proj(out.reshape(B, T, self.n_heads * self.v_dim))
 
-    def _decompressed(self, q_nope, q_rope, c_kv, k_rope):
-        """Causal attention with keys and values decompressed per head: [k_nope; v] = W_ukv c_kv."""
+    def _decompressed(self, q_nope, q_rope, c_kv, k_rope, mask):
+        """Attention with keys and values decompressed per head, [k_nope; v] = W_ukv c_kv, for the S keys of
+        c_kv (B, S, kv_rank) and k_rope (B, S, rope); causal when mask is None, else mask (B, T, S), True =
+        visible. Returns (B, T, nh, v_dim)."""
         B, T, nh, _ = q_nope.shape
-        kv = self.kv_b_proj(c_kv).view(B, T, nh, self.nope + self.v_dim)
+        S = c_kv.shape[1]
+        # kv_b_proj is used as a matrix here as in `_absorbed`, so that a quantized one (quant.py) is the same
+        # matrix in both paths
+        kv = F.linear(c_kv, self.kv_b_proj.weight).view(B, S, nh, self.nope + self.v_dim)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)                      # (B, nh, T, qk)
-        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(B, T, nh, self.rope)], dim=-1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, scale=self.scale)
-        return out.transpose(1, 2)                                                     # (B, T, nh, v_dim)
+        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(B, S, nh, self.rope)], dim=-1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), scale=self.scale, is_causal=mask is None,
+                                             attn_mask=None if mask is None else mask.unsqueeze(1))
+        return out.transpose(1, 2)
 
-    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, mask):
+    def _absorbed(self, q_nope, q_rope, cached, mask):
         """Attention in the latent space: score = (q_nope W_uk) . c_kv + q_rope . k_rope, out = (p c_kv) W_uv.
-        c_kv: (B, S, kv_rank) and k_rope: (B, S, rope) for all S cached tokens; mask: (B, T, S), True = visible."""
+        The query [q_nope W_uk ; q_rope] meets the cache rows [c_kv ; k_rope] (B, S, kv_rank + rope) in one
+        product; mask (B, T, S), True = visible. Returns (B, T, nh * v_dim)."""
         B, T, nh, _ = q_nope.shape
         w = self.kv_b_proj.weight.view(nh, self.nope + self.v_dim, self.kv_rank)
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope:]                               # (nh, nope|v, kv_rank)
         q_latent = torch.einsum("bthd,hdr->bthr", q_nope, w_uk)                         # (B, T, nh, kv_rank)
-        scores = q_latent.reshape(B, T * nh, self.kv_rank) @ c_kv.transpose(1, 2)
-        scores = scores + q_rope.reshape(B, T * nh, self.rope) @ k_rope.transpose(1, 2)  # (B, T*nh, S)
-        scores = scores.view(B, T, nh, -1) * self.scale
+        query = torch.cat([q_latent, q_rope], dim=-1).view(B, T * nh, -1)
+        scores = (query @ cached.transpose(1, 2)).view(B, T, nh, -1) * self.scale       # (B, T, nh, S)
         scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
-        p = scores.float().softmax(dim=-1).to(c_kv.dtype)
-        out_latent = p.view(B, T * nh, -1) @ c_kv                                       # (B, T*nh, kv_rank)
-        return torch.einsum("bthr,hdr->bthd", out_latent.view(B, T, nh, self.kv_rank), w_uv)
+        p = scores.softmax(dim=-1, dtype=torch.float32).to(cached.dtype)
+        out_latent = p.view(B, T * nh, -1) @ cached[..., :self.kv_rank]                # (B, T*nh, kv_rank)
+        out = torch.einsum("bthr,hdr->bthd", out_latent.view(B, T, nh, self.kv_rank), w_uv)
+        return out.reshape(B, T, nh * self.v_dim)

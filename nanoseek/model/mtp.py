@@ -28,9 +28,9 @@ class MTPModule(Block):
         self.eh_proj = nn.Linear(2 * H, H, bias=False)
         self.norm = RMSNorm(H, eps=config.rms_norm_eps)  # applied before the shared head ("shared_head.norm")
 
-    def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, cos, sin, cache=None, positions=None):
+    def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, cos, sin, cache=None):
         h = self.eh_proj(torch.cat([self.enorm(emb_next), self.hnorm(h_prev)], dim=-1))
-        return super().forward(h, cos, sin, cache, positions)
+        return super().forward(h, cos, sin, cache)
 
 
 def mtp_inputs(tokens: torch.Tensor, depth: int) -> torch.Tensor:

@@ -50,36 +50,39 @@ class Transformer(nn.Module):
         elif isinstance(module, MoE):
             nn.init.normal_(module.gate.weight, std=std)
 
-    def _positions(self, input_ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        if positions is None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-        return positions
+    def _rope(self, input_ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at the tokens' positions: the cache's, else 0..T-1."""
+        if cache is not None:
+            return self.rotary(cache.positions)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+        return self.rotary(positions)
 
-    def hidden_states(self, input_ids: torch.Tensor, positions=None, cache=None) -> torch.Tensor:
-        """The last block's output before the final norm, (batch, seq, hidden); MTP module 1 reads it."""
-        positions = self._positions(input_ids, positions)
-        cos, sin = self.rotary(positions)
+    def hidden_states(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """The last block's output before the final norm, (batch, seq, hidden); MTP module 1 reads it. With a cache
+        (infer/kv_cache.py PagedBatch), the tokens sit at its positions and attend over what it holds."""
+        cos, sin = self._rope(input_ids, cache)
         h = self.embed_tokens(input_ids)
         for layer in self.layers:
-            h = layer(h, cos, sin, cache, positions)
+            h = layer(h, cos, sin, cache)
         return h
 
-    def forward(self, input_ids: torch.Tensor, positions=None, cache=None) -> torch.Tensor:
-        """input_ids (batch, seq) -> logits (batch, seq, vocab). With a latent cache, attention runs absorbed."""
-        return self.lm_head(self.norm(self.hidden_states(input_ids, positions, cache)))
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and output head: hidden states (..., hidden) -> logits (..., vocab)."""
+        return self.lm_head(self.norm(h))
 
-    def mtp_step(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor,
-                 cache=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run MTP module `depth` (0-based) on h_prev and the embeddings of next_ids at `positions`;
-        returns (its hidden state, logits through the shared head)."""
-        h = self.mtp_hidden(depth, h_prev, next_ids, positions, cache)
-        return h, self.lm_head(self.mtp[depth].norm(h))
+    def forward(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """input_ids (batch, seq) -> logits (batch, seq, vocab)."""
+        return self.head(self.hidden_states(input_ids, cache))
 
-    def mtp_hidden(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, positions: torch.Tensor,
-                   cache=None) -> torch.Tensor:
-        """`mtp_step`'s hidden state alone, for callers that apply the head to some positions only."""
-        cos, sin = self.rotary(positions)
-        return self.mtp[depth](h_prev, self.embed_tokens(next_ids), cos, sin, cache, positions)
+    def mtp_hidden(self, depth: int, h_prev: torch.Tensor, next_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """MTP module `depth` (0-based) on h_prev (batch, seq, hidden) and the embeddings of next_ids (batch, seq),
+        the tokens one ahead: its hidden state, whose `mtp_head` predicts the token two ahead."""
+        cos, sin = self._rope(next_ids, cache)
+        return self.mtp[depth](h_prev, self.embed_tokens(next_ids), cos, sin, cache)
+
+    def mtp_head(self, depth: int, h: torch.Tensor) -> torch.Tensor:
+        """MTP module `depth`'s norm, then the output head shared with the main model (V3 §2.2)."""
+        return self.lm_head(self.mtp[depth].norm(h))
 
     def losses(self, input_ids: torch.Tensor, labels: torch.Tensor, mtp: bool = True) -> Losses:
         """Cross-entropies for (batch, seq) inputs and labels (labels[i] = t_{i+1}; -100 is ignored); with
@@ -92,8 +95,7 @@ class Transformer(nn.Module):
             T = input_ids.shape[1] - k
             if T <= 0:
                 break
-            positions = self._positions(input_ids[:, :T], None)
-            h = self.mtp_hidden(k - 1, h[:, :T], mtp_inputs(input_ids, k), positions)
+            h = self.mtp_hidden(k - 1, h[:, :T], mtp_inputs(input_ids, k))
             mtp_losses.append(self._head_loss(self.mtp[k - 1].norm, h, mtp_targets(labels, k)))
         aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
         balance = torch.stack(aux).sum() if aux and self.training else main.new_zeros(())

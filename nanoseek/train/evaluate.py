@@ -10,8 +10,8 @@
   and how often it agrees with the main model's own prediction of that token.
 
 A chat model is prompted with the chat template; a base model (`few_shot` > 0) with worked problems of the same
-task in its pretraining format, each closed by end-of-sequence, then the question. Generation is the plain batched
-loop over the latent cache (`generate`), greedy or sampled; the inference engine replaces it for serving.
+task in its pretraining format, each closed by end-of-sequence, then the question. Responses come from the inference
+engine (`nanoseek.infer.Engine`), greedy or sampled: the decoder that serves the model is the one measured.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from nanoseek.data.problem import Problem, parse_number
 from nanoseek.data.tasks import TASKS, generate as generate_problems, verify
 from nanoseek.checkpoint import load_checkpoint
 from nanoseek.errors import ConfigError, DataError
-from nanoseek.infer.kv_cache import LatentCache
+from nanoseek.infer import Engine, EngineConfig, SamplingParams, cache_mb
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer, chat_ids
 from nanoseek.train.data import DIFFICULTY, EVAL_PROBLEMS, EVAL_SEED, eval_problems, heldout_sequences, text_source
@@ -50,7 +50,7 @@ class EvalConfig:
     temperature: float = 0.0             # 0: greedy
     max_new_tokens: int = 320
     few_shot: int = 0                    # worked examples in the prompt (for base models); 0: chat template
-    batch_size: int = 64                 # prompts per generation batch
+    batch_size: int = 64                 # sequences decoded together
     mtp_sequences: int = 16              # held-out sequences for the MTP accuracy (0: skip)
     seq_len: int = 256
     seed: int = 0                        # sampling seed
@@ -70,42 +70,27 @@ class EvalConfig:
             raise ConfigError(f"few_shot {self.few_shot!r}: expected an int >= 0")
 
 
-@torch.no_grad()
-def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_id: int,
-             temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
-    """Continue each prompt until `stop_id` (kept) or max_new_tokens, all rows in one batch over a LatentCache:
-    right-padded prefill, each row at its own positions, then one token per row per step."""
-    device = next(model.parameters()).device
-    B = len(prompts)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    L = int(lengths.max())
-    ids = torch.zeros((B, L), dtype=torch.long, device=device)  # padding: overwritten in the cache before it is seen
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.tensor(p, device=device)
-    cache = LatentCache(model.config, B, L + max_new_tokens, dtype=model.embed_tokens.weight.dtype, device=device)
-    logits = model(ids, torch.arange(L, device=device).expand(B, L), cache)
-    last = logits[torch.arange(B, device=device), lengths - 1]
-    positions = lengths.clone()
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        token = sample(last, temperature, generator)
-        for i in (~done).nonzero().flatten().tolist():
-            out[i].append(int(token[i]))
-        done |= token == stop_id
-        if done.all():
-            break
-        last = model(token.unsqueeze(1), positions.unsqueeze(1), cache)[:, -1]
-        positions += 1
-    return out
-
-
-def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy at temperature 0, else a draw from softmax(logits / temperature). logits: (B, V) -> (B,)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = (logits.float() / temperature).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_id: int | None,
+             temperature: float = 0.0, samples: int = 1, seed: int = 0, max_seqs: int = 64,
+             progress: tqdm | None = None) -> list[list[int]]:
+    """`samples` continuations of each prompt (prompt 0's, then prompt 1's, ...) until `stop_id` (kept; None: no
+    stop token) or max_new_tokens, through the inference engine, at most `max_seqs` sequences at a time. Sampled
+    responses are reproducible: prompt i draws with seed `seed * 1_000_003 + i * samples` (its samples from there
+    on)."""
+    longest = max(map(len, prompts)) + max_new_tokens
+    engine = Engine(model, EngineConfig(cache_mb=cache_mb(model, max_seqs, longest), max_seqs=max_seqs,
+                                        prefix_cache=False))
+    stop = () if stop_id is None else (stop_id,)
+    ids = [engine.add_request(p, SamplingParams(temperature=temperature, max_tokens=max_new_tokens, n=samples,
+                                                stop_token_ids=stop, ignore_eos=True, seed=seed * 1_000_003 + i * samples))
+           for i, p in enumerate(prompts)]
+    done = {}
+    for update in engine.stream(ids):
+        if update.finish_reason is not None:
+            done[update.request_id, update.index] = update.sequence.output_ids
+            if progress is not None:
+                progress.update(1)
+    return [done[r, i] for r in ids for i in range(samples)]
 
 
 def parse_response(text: str) -> tuple[bool, str]:
@@ -186,11 +171,8 @@ def mtp_accuracy(model: Transformer, tokens: torch.Tensor) -> dict[str, float]:
     x = tokens[:, :-1].to(device)
     targets = tokens[:, 1:].to(device)
     h = model.hidden_states(x)
-    main = model.lm_head(model.norm(h)).argmax(-1)                                 # (n, T): predicts t_{i+1}
-    T = x.shape[1]
-    positions = torch.arange(T - 1, device=device).expand(x.shape[0], -1)
-    _, logits = model.mtp_step(0, h[:, :-1], x[:, 1:], positions)
-    draft = logits.argmax(-1)                                                       # (n, T-1): predicts t_{i+2}
+    main = model.head(h).argmax(-1)                                                 # (n, T): predicts t_{i+1}
+    draft = model.mtp_head(0, model.mtp_hidden(0, h[:, :-1], x[:, 1:])).argmax(-1)  # (n, T-1): predicts t_{i+2}
     return {"mtp_accuracy": (draft == targets[:, 1:]).float().mean().item(),
             "mtp_agreement": (draft == main[:, 1:]).float().mean().item()}
 
@@ -208,8 +190,6 @@ def load_problems(config: EvalConfig) -> list[Problem]:
 def evaluate(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Problem], config: EvalConfig) -> dict:
     """All figures for `model` on `problems` (see the module docstring)."""
     model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(config.seed)
     shots = {task: few_shot_examples(task, config.few_shot, config.difficulty) for task in {p.task for p in problems}}
     prompts = [prompt_ids(tokenizer, p, shots[p.task]) for p in problems]
     limit = model.config.max_position_embeddings
@@ -217,18 +197,15 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Proble
     if too_long:
         raise ConfigError(f"prompt {too_long[0]} has {len(prompts[too_long[0]])} tokens; with max_new_tokens "
                           f"{config.max_new_tokens} it passes the model's {limit} positions")
-    jobs = sorted(((i, s) for i in range(len(problems)) for s in range(config.samples)), key=lambda j: len(prompts[j[0]]))
     responses = [[""] * config.samples for _ in problems]
     lengths = [[0] * config.samples for _ in problems]
-    with tqdm(total=len(jobs), desc="eval", unit="response", dynamic_ncols=True) as bar:
-        for start in range(0, len(jobs), config.batch_size):
-            chunk = jobs[start:start + config.batch_size]
-            outs = generate(model, [prompts[i] for i, _ in chunk], config.max_new_tokens, tokenizer.eos_id,
-                            config.temperature, generator)
-            for (i, s), ids in zip(chunk, outs):
-                lengths[i][s] = len(ids)
-                responses[i][s] = tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eos_id else ids)
-            bar.update(len(chunk))
+    with tqdm(total=len(problems) * config.samples, desc="eval", unit="response", dynamic_ncols=True) as bar:
+        outs = generate(model, prompts, config.max_new_tokens, tokenizer.eos_id, config.temperature, config.samples,
+                        config.seed, config.batch_size, bar)
+    for j, ids in enumerate(outs):
+        i, s = divmod(j, config.samples)
+        lengths[i][s] = len(ids)
+        responses[i][s] = tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eos_id else ids)
     figures = score(problems, responses, lengths)
     figures["prompt"] = f"{config.few_shot}-shot" if config.few_shot else "chat template"
     if config.mtp_sequences and len(model.mtp):

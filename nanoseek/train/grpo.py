@@ -24,7 +24,7 @@ from nanoseek import distributed
 from nanoseek.data.problem import Problem
 from nanoseek.data.tasks import stream_mix
 from nanoseek.errors import ConfigError
-from nanoseek.infer import Engine, EngineConfig, SamplingParams
+from nanoseek.infer import Engine, EngineConfig, SamplingParams, cache_mb
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.data import DIFFICULTY
@@ -203,10 +203,9 @@ class Rollouts:
         self.sharded = sampler is not None
         self.rewards = RewardSet.parse(config.rewards)
         # room for every completion of a rollout at the model's full context, so no request waits for the cache
-        n, c = config.prompts_per_step * config.group_size, model.config
-        per_token = sum(c.cache_widths()) * c.num_hidden_layers * model.embed_tokens.weight.element_size()
-        cache_mb = n * c.max_position_embeddings * per_token / 2**20
-        self.engine = Engine(self.sampler, EngineConfig(cache_mb=cache_mb, max_seqs=n, prefix_cache=False))
+        n = config.prompts_per_step * config.group_size
+        self.engine = Engine(self.sampler, EngineConfig(cache_mb=cache_mb(model, n, model.config.max_position_embeddings),
+                                                        max_seqs=n, prefix_cache=False))
         self.params = SamplingParams(temperature=config.temperature, max_tokens=config.max_new_tokens,
                                      n=config.group_size, stop_token_ids=(tokenizer.eos_id,))
         self.file = load_problems(EvalConfig(data=config.prompts)) if config.prompts else None

@@ -106,14 +106,14 @@ def test_a_shared_1024_token_prefix_is_not_computed_again():
     prefix = prompts([1024], seed=7)[0]
     first, second = (prefix + q for q in prompts([8, 8], seed=8))
     params = SamplingParams(temperature=0, max_tokens=1)
-    computed = []  # tokens of each forward through the model's layers
-    hidden = engine.runner.hidden
+    computed = []  # prompt tokens of each prefill forward (max_tokens=1: the first token comes from the prefill)
+    prefill = engine.forward.prefill
 
-    def counted(ids, batch):
-        computed.append(ids.numel())
-        return hidden(ids, batch)
+    def counted(seqs, starts, lengths):
+        computed.append(sum(lengths))
+        return prefill(seqs, starts, lengths)
 
-    engine.runner.hidden = counted
+    engine.forward.prefill = counted
     run(engine, first, params)
     cold = sum(computed)
     computed.clear()

@@ -1,69 +1,92 @@
+"""model/attention.py: MLA's absorbed path (decoding over the paged cache) and its decompressed path (training,
+prefill) give the same logits, for every preset's attention shape."""
 import pytest
 import torch
 
-from nanoseek.config import ModelConfig
-from nanoseek.infer.kv_cache import LatentCache
+from nanoseek.config import PRESETS, ModelConfig
+from nanoseek.infer.kv_cache import BlockPool, PagedBatch
 from nanoseek.model import Transformer
-
-CONFIGS = {
-    "q_lora": ModelConfig(vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, q_lora_rank=32,
-                          kv_lora_rank=24, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12,
-                          n_routed_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1,
-                          moe_intermediate_size=16, intermediate_size=96, num_nextn_predict_layers=1),
-    "no_q_lora_yarn": ModelConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                  q_lora_rank=None, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
-                                  v_head_dim=8, n_routed_experts=4, num_experts_per_tok=1, n_group=1, topk_group=1,
-                                  moe_intermediate_size=16, intermediate_size=64, rope_interleave=False,
-                                  rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=32,
-                                                    mscale=1.0, mscale_all_dim=0.8)),
-}
+from nanoseek.model.rope import apply_rope
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_absorbed_decoding_reproduces_full_sequence(name):
-    config = CONFIGS[name]
-    torch.manual_seed(1)
+def preset_shape(name: str) -> ModelConfig:
+    """The preset's attention (heads up to 16, ranks, head dims, RoPE and YaRN) and routing, around a narrow
+    residual stream with 2 layers, a small vocabulary and few experts: a V3-sized layer does not fit a test."""
+    c = ModelConfig.from_preset(name)
+    experts = min(c.n_routed_experts, 8)
+    groups = min(c.n_group, experts // 2) if experts else 1
+    return c.replace(vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                     num_hidden_layers=2, first_k_dense_replace=min(c.first_k_dense_replace, 1),
+                     num_attention_heads=min(c.num_attention_heads, 16), n_routed_experts=experts,
+                     n_group=groups, topk_group=min(c.topk_group, groups),
+                     num_experts_per_tok=min(c.num_experts_per_tok, experts // groups * min(c.topk_group, groups)),
+                     num_key_value_heads=c.num_key_value_heads and min(c.num_key_value_heads, 16))
+
+
+def randomized(config: ModelConfig, seed: int) -> Transformer:
+    """Weights of unit-scale activations, so logits are far apart, and a routing bias that changes choices."""
+    torch.manual_seed(seed)
     model = Transformer(config).eval()
-    for m in model.moe_layers():
-        m.gate.e_score_correction_bias.normal_(std=0.05)
-    prompt, steps, B = 9, 64, 2
-    ids = torch.randint(0, config.vocab_size, (B, prompt + steps))
     with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(1 + 0.2 * torch.randn(p.shape) if p.ndim == 1 else torch.randn(p.shape) * p.shape[-1] ** -0.5)
+        for m in model.moe_layers():
+            m.gate.e_score_correction_bias.normal_(std=0.2)
+    return model
+
+
+def pool_for(config: ModelConfig, block_size: int = 4) -> BlockPool:
+    return BlockPool(config.num_hidden_layers + config.num_nextn_predict_layers, sum(config.cache_widths()),
+                     block_size, 1 << 22)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_absorbed_decoding_equals_the_decompressed_forward_for_every_preset_shape(name):
+    """Prefill in two chunks of different lengths per row (decompressed over the cache), then 10 absorbed decode
+    steps of one token, two rows in one batch padded as a compiled step pads it: every logit within 1e-4 of the
+    training forward's."""
+    config = preset_shape(name)
+    model = randomized(config, seed=len(name))
+    pool = pool_for(config)
+    ids = torch.randint(0, config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(0))
+    tables = [pool.allocate(8), pool.allocate(8)]
+    with torch.inference_mode():
         full = model(ids)
-        cache = LatentCache(config, B, prompt + steps)
-        pos = torch.arange(prompt).expand(B, -1)
-        logits = [model(ids[:, :prompt], positions=pos, cache=cache)]
-        for t in range(prompt, prompt + steps):
-            logits.append(model(ids[:, t:t + 1], positions=torch.full((B, 1), t), cache=cache))
-    assert (torch.cat(logits, 1) - full).abs().max() <= 1e-4
+        got = torch.zeros_like(full)
+        for starts, lengths in (([0, 0], [11, 5]), ([11, 5], [9, 6])):
+            T = max(lengths)
+            chunk = torch.stack([torch.cat([ids[i, s:s + n], torch.zeros(T - n, dtype=torch.long)])
+                                 for i, (s, n) in enumerate(zip(starts, lengths))])
+            logits = model(chunk, PagedBatch.build(pool, tables, starts, lengths))
+            for i, (s, n) in enumerate(zip(starts, lengths)):
+                got[i, s:s + n] = logits[i, :n]
+        pos = [20, 11]
+        for _ in range(10):
+            step = torch.tensor([[ids[0, pos[0]]], [ids[1, pos[1]]], [0], [0]])  # two rows of padding, as compiled
+            logits = model(step, PagedBatch.build(pool, tables, pos, [1, 1], absorbed=True, span=32, rows=4))
+            got[0, pos[0]], got[1, pos[1]] = logits[0, 0], logits[1, 0]
+            pos = [p + 1 for p in pos]
+    assert full.std() > 0.5
+    assert (got[0] - full[0]).abs().max() < 1e-4
+    assert (got[1, :21] - full[1, :21]).abs().max() < 1e-4
 
 
-def test_cache_holds_only_latent_and_rotary_key():
-    config = CONFIGS["q_lora"]
-    model = Transformer(config).eval()
-    B, T = 2, 7
-    cache = LatentCache(config, B, T)
-    with torch.no_grad():
-        model(torch.randint(0, 128, (B, T)), positions=torch.arange(T).expand(B, -1), cache=cache)
-    tensors = [t for t in vars(cache).values() if isinstance(t, torch.Tensor)]
-    per_token = sum(t.numel() for t in tensors) / (B * T)
-    layers = config.num_hidden_layers + config.num_nextn_predict_layers
-    assert per_token == (config.kv_lora_rank + config.qk_rope_head_dim) * layers
-    # and what was written is exactly the normalised latent and the rotated shared key, not per-head keys
-    assert cache.c_kv.shape[-1] == config.kv_lora_rank and cache.k_rope.shape[-1] == config.qk_rope_head_dim
-    assert cache.c_kv[: config.num_hidden_layers].abs().sum() > 0
-
-
-def test_rows_of_different_lengths_decode_in_one_batch():
-    config = CONFIGS["q_lora"]
-    torch.manual_seed(2)
-    model = Transformer(config).eval()
-    a, b = torch.randint(0, 128, (1, 12)), torch.randint(0, 128, (1, 5))
-    with torch.no_grad():
-        ref_a, ref_b = model(a)[0, -1], model(b)[0, -1]
-        cache = LatentCache(config, 2, 16)
-        padded = torch.cat([a, torch.cat([b, torch.zeros(1, 7, dtype=torch.long)], 1)])
-        model(padded[:, :-1], positions=torch.arange(11).expand(2, -1), cache=cache)
-        last = model(torch.stack([a[:, -1], b[:, -1]]), positions=torch.tensor([[11], [4]]), cache=cache)
-    assert (last[0, 0] - ref_a).abs().max() <= 1e-4
-    assert (last[1, 0] - ref_b).abs().max() <= 1e-4
+def test_the_cache_holds_the_normalised_latent_and_the_rotated_shared_key():
+    config = preset_shape("tiny")
+    model = randomized(config, seed=3)
+    pool = pool_for(config, block_size=8)
+    assert pool.width == config.kv_lora_rank + config.qk_rope_head_dim  # not per-head keys and values
+    [block] = pool.allocate(1)
+    x = torch.randint(0, config.vocab_size, (1, 5))
+    with torch.inference_mode():
+        model(x, PagedBatch.build(pool, [[block]], [0], [5]))
+        attn = model.layers[1].self_attn
+        h = model.layers[0](model.embed_tokens(x), *model.rotary(torch.arange(5)[None]))
+        c_kv, k_rope = attn.kv_a_proj_with_mqa(model.layers[1].input_layernorm(h)).split([attn.kv_rank, attn.rope], -1)
+    stored = pool.kv[1][block * 8:block * 8 + 5]
+    assert (stored[:, :attn.kv_rank] - attn.kv_a_layernorm(c_kv)[0]).abs().max() < 1e-5
+    assert (stored[:, :attn.kv_rank] - c_kv[0]).abs().max() > 1e-2                         # normalised
+    cos, sin = model.rotary(torch.arange(5)[None])
+    rotated = apply_rope(k_rope.unsqueeze(2), cos, sin, attn.interleave)[0, :, 0]
+    assert (stored[:, attn.kv_rank:] - rotated).abs().max() < 1e-5                             # the rotated key
+    assert (stored[1:, attn.kv_rank:] - k_rope[0, 1:]).abs().max() > 1e-2

@@ -2,7 +2,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from nanoseek.config import ModelConfig
-from nanoseek.infer.kv_cache import LatentCache
+from nanoseek.infer.kv_cache import BlockPool, PagedBatch
 from nanoseek.model import Transformer
 
 
@@ -33,13 +33,15 @@ def test_gqa_cached_decoding_reproduces_full_sequence():
     torch.manual_seed(1)
     model = Transformer(config).eval()
     ids = torch.randint(0, 97, (2, 30))
+    pool = BlockPool(2, sum(config.cache_widths()), 8, 1 << 20)
+    assert pool.width == 2 * 2 * 10  # keys and values of the 2 key-value heads, not of all 6 query heads
+    tables = [pool.allocate(4), pool.allocate(4)]
     with torch.no_grad():
         full = model(ids)
-        cache = LatentCache(config, 2, 30)
-        out = [model(ids[:, :5], positions=torch.arange(5).expand(2, -1), cache=cache)]
-        out += [model(ids[:, t:t + 1], positions=torch.full((2, 1), t), cache=cache) for t in range(5, 30)]
+        out = [model(ids[:, :5], PagedBatch.build(pool, tables, [0, 0], [5, 5]))]
+        out += [model(ids[:, t:t + 1], PagedBatch.build(pool, tables, [t, t], [1, 1], absorbed=True))
+                for t in range(5, 30)]
     assert (torch.cat(out, 1) - full).abs().max() <= 1e-4
-    assert cache.c_kv.shape[-1] == 2 * 10  # keys of the 2 key-value heads, not of all 6 query heads
 
 
 def test_student_presets_are_at_most_a_quarter_of_tiny():

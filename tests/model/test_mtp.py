@@ -31,7 +31,8 @@ def test_mtp_losses_and_gradients(depth):
     h = model.hidden_states(tokens[:, :-1])
     for k in range(1, depth + 1):
         T = 11 - k
-        h, logits = model.mtp_step(k - 1, h[:, :T], tokens[:, k:11], torch.arange(T).expand(2, -1))
+        h = model.mtp_hidden(k - 1, h[:, :T], tokens[:, k:11])
+        logits = model.mtp_head(k - 1, h)
         ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, k + 1:].flatten())
         assert torch.isclose(losses.mtp[k - 1], ref, atol=1e-5)
     sum(losses.mtp).backward()

@@ -59,7 +59,7 @@ def test_generate_matches_plain_greedy_decoding():
         for _ in range(6):
             ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
         expected.append(ids[0, len(p):].tolist())
-    assert generate(model, prompts, 6, stop_id=-1) == expected
+    assert generate(model, prompts, 6, stop_id=None) == expected
     stop = expected[0][1]  # the second token of row 0 ends that row; the others go on
     out = generate(model, prompts, 6, stop_id=stop)
     assert out[0] == expected[0][:2]
@@ -69,9 +69,10 @@ def test_generate_matches_plain_greedy_decoding():
 
 def test_sampling_is_seeded():
     model = small_model().eval()
-    a = generate(model, [[1, 2, 3]] * 4, 8, 63, temperature=1.0, generator=torch.Generator().manual_seed(1))
-    b = generate(model, [[1, 2, 3]] * 4, 8, 63, temperature=1.0, generator=torch.Generator().manual_seed(1))
-    assert a == b and len({tuple(r) for r in a}) > 1
+    a = generate(model, [[1, 2, 3]] * 4, 8, 63, temperature=1.0, seed=1)
+    b = generate(model, [[1, 2, 3]] * 4, 8, 63, temperature=1.0, seed=1)
+    c = generate(model, [[1, 2, 3]] * 4, 8, 63, temperature=1.0, seed=2)
+    assert a == b != c and len({tuple(r) for r in a}) > 1
 
 
 def test_prompts():
