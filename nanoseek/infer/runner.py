@@ -9,8 +9,8 @@ cost of launching operations, not by arithmetic:
     q_rope], so both score terms come out of one batched product and one bias carries the mask.
   * RoPE for the queries and the shared key is one batched product with each token's rotation matrix, built
     once per forward for every layer.
-  * Experts run as in MoE._run_experts, through F.linear rather than module calls; a lone token (batch-1
-    decoding) skips the sorting.
+  * The routed experts run through the model's own `Experts`; a lone token (batch-1 decoding) reads its experts'
+    matrices in place instead, with no sorting and no gathering.
   * A forward over few tokens runs on one CPU thread (`threads_for`).
 The runner holds no weights of its own: it reads the model's modules at every call, so a model that keeps
 training (GRPO rollouts) is always run with its current weights. GQA students go through their own module, with
@@ -27,7 +27,7 @@ from torch import nn
 from nanoseek.infer.kv_cache import PagedBatch
 from nanoseek.model import Transformer
 from nanoseek.model.attention import MLA
-from nanoseek.model.moe import MoE
+from nanoseek.model.moe import MoE, swiglu
 from nanoseek.model.norm import rms_norm
 
 
@@ -58,29 +58,23 @@ def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
-    """SwiGLU, as model/moe.py MLP."""
-    return _linear(mlp.down_proj, F.silu(_linear(mlp.gate_proj, x)) * _linear(mlp.up_proj, x))
+    """The model's MLP (model/moe.py), through `_linear`."""
+    return _linear(mlp.down_proj, swiglu(_linear(mlp.gate_proj, x), _linear(mlp.up_proj, x)))
 
 
 def _moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     """DeepSeekMoE (V3 §2.1.2) over flat tokens (N, hidden): shared experts on every token plus the gated top-k
-    routed experts, each expert run once on the tokens routed to it."""
+    routed experts."""
     weights, indices, _ = moe.gate(x)
     out = _mlp(moe.shared_experts, x)
-    if x.shape[0] <= 2:  # batch-1 decoding (two tokens with speculation): no sorting, each token's k experts run on it
+    if x.shape[0] <= 2:
+        # batch-1 decoding (two tokens with speculation): each token's k experts run on it, their matrices read in
+        # place, where Experts would copy them to gather them (slower on a CPU)
         for i, (experts, gates) in enumerate(zip(indices.tolist(), weights.tolist())):
             for e, g in zip(experts, gates):
-                out[i:i + 1].add_(_mlp(moe.experts[e], x[i:i + 1]), alpha=g)
+                out[i:i + 1].add_(moe.experts.ffn(x[i:i + 1], *moe.experts.matrices(e)), alpha=g)
         return out
-    k = indices.shape[1]
-    flat = indices.flatten()
-    order = flat.argsort(stable=True)
-    counts = torch.bincount(flat, minlength=moe.n_experts).tolist()
-    token = order // k
-    chunks = x[token].split(counts)
-    routed = torch.cat([_mlp(moe.experts[e], chunk) for e, chunk in enumerate(chunks) if counts[e]])
-    routed = routed * weights.flatten()[order].unsqueeze(1).to(routed.dtype)
-    return out.index_add_(0, token, routed)
+    return out + moe.experts(x, weights, indices)
 
 
 class Runner:
