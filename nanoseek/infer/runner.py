@@ -69,7 +69,7 @@ def _moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     out = _mlp(moe.shared_experts, x)
     if x.shape[0] <= 2:
         # batch-1 decoding (two tokens with speculation): each token's k experts run on it, their matrices read in
-        # place, where Experts would copy them to gather them (slower on a CPU)
+        # place, where Experts would copy them to gather them (slower on a CPU, docs/moe.md)
         for i, (experts, gates) in enumerate(zip(indices.tolist(), weights.tolist())):
             for e, g in zip(experts, gates):
                 out[i:i + 1].add_(moe.experts.ffn(x[i:i + 1], *moe.experts.matrices(e)), alpha=g)

@@ -15,7 +15,7 @@ from torch import nn
 from nanoseek.config import ModelConfig
 
 # Up to this many (token, expert) pairs, Experts gathers each pair's matrices rather than sorting the pairs by
-# expert.
+# expert (docs/moe.md has the measurement behind it).
 GATHER_MAX = 4
 
 
