@@ -4,7 +4,8 @@ accuracy and decode tokens/s (V3 §3.3; DeepSeek credits 8-bit and 4-bit weights
 Every format takes the real path: `save_quantized` writes it and `load_checkpoint` loads it. int8 and int4 are
 rounded by GPTQ on --calibrate worked training problems (`nanoseek quantize`'s default; it needs the tokenizer);
 the row "int4 rtn" rounds each weight to nearest instead, for comparison. int8 and int4 layers
-stay quantized in memory and run torch's CPU kernels, the rest of those models in bf16 as stored; bf16 and fp8 load
+stay quantized in memory and run torch's CPU kernels (the routed experts dequantize just the experts a forward
+picks), the rest of those models in bf16 as stored; bf16 and fp8 load
 as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
 scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
 
@@ -33,7 +34,7 @@ from nanoseek.data import Problem, verify
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.model import Transformer
-from nanoseek.quant import Int4Linear, Int8Linear, quantized_bytes
+from nanoseek.quant import QUANTIZED, quantized_bytes
 from nanoseek.tokenizer import END_THINK, Tokenizer, chat_ids
 from nanoseek.train.data import eval_problems
 from nanoseek.train.evaluate import generate
@@ -42,10 +43,11 @@ FORMATS = ("fp32", "bf16", "int8", "int4", "int4 rtn", "fp8")
 
 
 def weight_bytes(model: Transformer) -> int:
-    """Parameters, persistent buffers (the routing bias) and the quantized layers' buffers, each tensor once."""
+    """Parameters, persistent buffers (the routing bias) and the quantized layers' and expert stacks' buffers, each
+    tensor once."""
     tensors = {t.data_ptr(): t for t in model.state_dict().values()}
     for m in model.modules():
-        if isinstance(m, (Int8Linear, Int4Linear)):
+        if isinstance(m, QUANTIZED):
             tensors.update({b.data_ptr(): b for b in m.buffers()})
     return sum(t.nbytes for t in tensors.values())
 

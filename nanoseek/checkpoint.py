@@ -8,6 +8,9 @@ adds the prefix and stores MTP module k as decoder layer `num_hidden_layers + k`
 `shared_head.norm` and copies of the shared embedding and head as `embed_tokens` and `shared_head.head`.
 DeepSeek's V3/R1 release stores most matrices in FP8 (e4m3) with one scale per 128x128 block (V3 §3.3.2) in a
 sibling `<name>_scale_inv` tensor; they are dequantized on load, w = q * scale.
+In memory the routed experts' matrices are stacked (`layers.N.mlp.experts.gate_proj`, (E, N, K)); every file keeps
+DeepSeek's one tensor per expert (`layers.N.mlp.experts.E.gate_proj.weight`). `_split_experts` and `_stack_experts`
+convert between the two, and every check and message of the loader speaks of the stored, per-expert tensors.
 
 A dense grouped-query student (R1 §2.4 releases its distilled models in Llama's and Qwen's shapes) exports as
 transformers' LlamaForCausalLM instead: Llama's tensor names are ours with the `model.` prefix, and any Llama
@@ -37,9 +40,11 @@ from nanoseek.atomic import fsync_path
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
 from nanoseek.model import Transformer
+from nanoseek.model.moe import expert_weight_name
 from nanoseek.model.rope import RotaryEmbedding
-from nanoseek.quant import (FP8_BLOCK, INT4_GROUP_SIZE, INT4_GROUP_SIZES, SCALE, SCALE_INV, check_format,
-                            dequantize_fp8, is_quantized, quant_linear, quantize_tensor, stored_as, stored_layout)
+from nanoseek.quant import (FP8_BLOCK, INT4_GROUP_SIZE, INT4_GROUP_SIZES, SCALE, SCALE_INV, QuantizedStack,
+                            check_format, dequantize_fp8, is_quantized, quant_linear, quantize_tensor, stored_as,
+                            stored_layout, swap)
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -48,6 +53,8 @@ SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 # DeepSeek's V3/R1 release, as its config.json says it
 FP8_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
               "weight_block_size": list(FP8_BLOCK)}
+_STACKED = re.compile(r"(.+\.experts)\.(gate_proj|up_proj|down_proj)")               # in memory: (E, N, K)
+_PER_EXPERT = re.compile(r"(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")  # stored: (N, K) each
 
 
 # ---- tensor names -----------------------------------------------------------------------------------------------
@@ -60,6 +67,37 @@ def hf_name(name: str, config: ModelConfig) -> str:
         return "model." + name
     layer, rest = config.num_hidden_layers + int(mtp[1]), mtp[2]
     return f"model.layers.{layer}." + ("shared_head.norm.weight" if rest == "norm.weight" else rest)
+
+
+def _split_experts(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """In-memory names -> stored names: a layer's three stacks of routed experts' matrices (E, N, K) become E times
+    three tensors (N, K) named per expert, in DeepSeek's order, expert by expert (views of the stacks, not copies)."""
+    out, stacks = {}, {}
+    for name, t in tensors.items():
+        stacked = _STACKED.fullmatch(name)
+        if stacked is None:
+            out[name] = t
+            continue
+        stacks.setdefault(stacked[1], {})[stacked[2]] = t
+        if len(stacks[stacked[1]]) == 3:
+            layer = stacks.pop(stacked[1])
+            for e in range(len(t)):
+                out.update({expert_weight_name(stacked[1], e, projection): w[e] for projection, w in layer.items()})
+    return out
+
+
+def _stack_experts(tensors: dict, stack=torch.stack) -> dict:
+    """Stored names -> in-memory names, the inverse of _split_experts: `stack` joins the values of one projection's
+    experts, given in expert order."""
+    out, stacks = {}, {}
+    for name, t in tensors.items():
+        expert = _PER_EXPERT.fullmatch(name)
+        if expert is None:
+            out[name] = t
+        else:
+            stacks.setdefault(f"{expert[1]}.{expert[3]}", {})[int(expert[2])] = t
+    out.update({name: stack([parts[e] for e in sorted(parts)]) for name, parts in stacks.items()})
+    return out
 
 
 def nanoseek_name(name: str, config: ModelConfig) -> str | None:
@@ -124,7 +162,8 @@ def _check_not_quantized(model: Transformer) -> None:
 
 
 def _state(model: Transformer) -> dict[str, torch.Tensor]:
-    tensors = model.state_dict()
+    """The model's tensors under their stored names."""
+    tensors = _split_experts(model.state_dict())
     if model.config.tie_word_embeddings:
         del tensors["lm_head.weight"]  # the same tensor as embed_tokens.weight: stored once
     return tensors
@@ -264,7 +303,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     weight; the routing bias stays float32. Refuses, before allocating anything, weights larger than `max_bytes`
     (default: the memory available on `device`). A config that asks for MTP modules the weights lack loads without
     them, with a notice. An int8 / int4 checkpoint (`save_quantized`) loads with those layers as Int8Linear /
-    Int4Linear, which run torch's CPU kernels: on the CPU only."""
+    Int4Linear, which run torch's CPU kernels (on the CPU only), and the routed experts' matrices as QuantizedStacks."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
@@ -281,9 +320,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     sources, config = _match_names(stored, config, path)
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = Transformer(config)
-    expected = {name: (tuple(t.shape), _target_dtype(name, dtype)) for name, t in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        del expected["lm_head.weight"]
+    expected = {name: (tuple(t.shape), _target_dtype(name, dtype)) for name, t in _state(model).items()}
     plans = {}  # our name -> ("int8" | "int4", group size) of each weight stored quantized
     if int_format:
         plans = {name: stored_as(name, shape, int_format, group_size) for name, (shape, _) in expected.items()}
@@ -300,15 +337,20 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
                               f"is available on {device}")
 
     block = tuple(quant.get("weight_block_size", FP8_BLOCK))
-    state = {}
+    state, quantized = {}, {}
     for name, source in sources.items():
         if name in layouts:
-            q, scale = _read_quantized(files, stored, source, layouts[name])
-            kind, G = plans[name]
-            model.set_submodule(name.removesuffix(".weight"), quant_linear(kind, q, scale, G, dtype))
+            quantized[name] = _read_quantized(files, stored, source, layouts[name])
         else:
             t = _read_tensor(files, stored, source, block)
             state[name] = t.to(device=device, dtype=_target_dtype(name, dtype))
+    for name, (q, scale) in _stack_experts(quantized, lambda pairs: [torch.stack(t) for t in zip(*pairs)]).items():
+        if name in plans:
+            kind, G = plans[name]
+            swap(model, name.removesuffix(".weight"), quant_linear(kind, q, scale, G, dtype))
+        else:
+            swap(model, name, QuantizedStack(q, scale, dtype))
+    state = _stack_experts(state)
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)

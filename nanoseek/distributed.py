@@ -156,9 +156,9 @@ def shard(model: torch.nn.Module, expert_parallel: bool = False) -> torch.nn.Mod
 
     from nanoseek.model.expert_parallel import distribute_experts
 
-    ignored = set(distribute_experts(model)) if expert_parallel else set()
     device = next(model.parameters()).device
     mesh = init_device_mesh(device.type, (world(),))
+    ignored = set(distribute_experts(model, mesh)) if expert_parallel else set()
     for layer in model.layers:
         fully_shard(layer, mesh=mesh, ignored_params=ignored & set(layer.parameters()) or None)
     # the root unit: embeddings, head, final norm and the MTP modules (which call the shared head outside their

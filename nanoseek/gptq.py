@@ -18,8 +18,8 @@ error 0.100 with round-to-nearest, 0.066 with GPTQ on 128 training problems; hel
 against 39.1% in float32 (440 problems).
 
 The calibration set is worked training problems in the chat format (`calibration_sequences`), prompt and reasoning
-as the model sees them; `hessians` runs the float model on it once and sums X^T X at the input of every nn.Linear,
-so a routed expert sees only the tokens routed to it.
+as the model sees them; `hessians` runs the float model on it once and sums X^T X at the input of every nn.Linear
+and of every routed expert's three matrices, from the tokens routed to that expert only.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nanoseek.data import generate_mix
+from nanoseek.model.moe import Experts, expert_weight_name
 from nanoseek.tokenizer import Tokenizer, chat_ids
 
 DAMP = 0.01                 # the paper's dampening: 1% of the mean diagonal
@@ -48,19 +49,34 @@ def calibration_sequences(tokenizer: Tokenizer, n: int, seq_len: int = 256,
 
 @torch.no_grad()
 def hessians(model: nn.Module, sequences: Sequence[Sequence[int]], progress: bool = False) -> dict[str, torch.Tensor]:
-    """Weight name -> X^T X (in_features, in_features) of the inputs X every nn.Linear of `model` received while
-    the model (MTP modules included) read `sequences`, one at a time. A layer that received nothing is absent."""
+    """Weight name -> X^T X (in_features, in_features) of the inputs X every nn.Linear of `model`, and every routed
+    expert's matrix (under its per-expert name), received while the model (MTP modules included) read `sequences`,
+    one at a time. A weight that received nothing is absent."""
     sums: dict[str, torch.Tensor] = {}
 
-    def accumulate(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            x = inputs[0].detach().reshape(-1, module.in_features).float()
-            if len(x):
-                sums[name] = sums.get(name, 0) + x.t() @ x
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if len(x):
+            sums[name] = sums.get(name, 0) + x.t() @ x
+
+    def linear_hook(name: str):
+        return lambda module, inputs, output: accumulate(name, inputs[0])
+
+    def experts_hook(name: str):
+        def hook(module: Experts, inputs: tuple, output: torch.Tensor) -> None:
+            x, _, indices = inputs
+            for e in range(module.n_experts):
+                mine = x[(indices == e).any(dim=-1)]                   # the tokens routed to expert e
+                gate, up, _ = module.matrices(e)
+                accumulate(expert_weight_name(name, e, "gate_proj"), mine)
+                accumulate(expert_weight_name(name, e, "up_proj"), mine)
+                accumulate(expert_weight_name(name, e, "down_proj"), module.activation(mine, gate, up))
         return hook
 
-    handles = [m.register_forward_hook(accumulate(name + ".weight"))
-               for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    handles = [m.register_forward_hook(linear_hook(name + ".weight")) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear)]
+    handles += [m.register_forward_hook(experts_hook(name)) for name, m in model.named_modules()
+                if isinstance(m, Experts)]
     was_training = model.training
     model.eval()
     try:

@@ -31,6 +31,9 @@ where dequantizing to float32 and multiplying took 36 and 57 ms; with float32 ac
 The int4 kernel's weight layout is private to torch and cannot be read back cheaply, so a matrix used directly
 rather than through a matmul with the activations, MLA's `kv_b_proj` (W_uk and W_uv, absorbed into the query and
 the output at decode, V2 §2.1.2), is kept in int8 in the int4 format.
+The routed experts' stacked matrices (model/moe.py `Experts`) stay in the stored layout instead, one
+`QuantizedStack` per projection, and dequantize just the experts a forward picks: a decoding step reads its tokens'
+top-k experts, not all of them.
 
 What is quantized: the attention and FFN matrices of every block, MTP blocks included, as in DeepSeek's FP8
 release. The embedding, the output head (it sets the logits directly, and DeepSeek keeps it in bf16 too), the MTP
@@ -48,6 +51,7 @@ from torch import nn
 
 from nanoseek.errors import ConfigError
 from nanoseek.gptq import gptq
+from nanoseek.model.moe import Experts, expert_weight_name
 
 FORMATS = ("bf16", "int8", "int4", "fp8")
 INT8_MAX = 127
@@ -134,7 +138,8 @@ def quantize_int8(w: torch.Tensor, hessian: torch.Tensor | None = None) -> tuple
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.float().unsqueeze(1)
+    """q (..., N, K), scale (..., N) -> float32 (..., N, K)."""
+    return q.float() * scale.float().unsqueeze(-1)
 
 
 def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP_SIZE,
@@ -146,9 +151,9 @@ def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP_SIZE,
 
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    N, groups = scale.shape
-    q = unpack_int4(packed).float().view(N, groups, -1)
-    return (q * scale.float().unsqueeze(-1)).view(N, -1)
+    """packed (..., N, K/2), scale (..., N, K/G) -> float32 (..., N, K)."""
+    q = unpack_int4(packed).float().unflatten(-1, (scale.shape[-1], -1))
+    return (q * scale.float().unsqueeze(-1)).flatten(-2)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -158,8 +163,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, K/2) -> int8 (N, K) in [-8, 7]; the inverse of pack_int4."""
-    nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).view(packed.shape[0], -1)
+    """uint8 (..., K/2) -> int8 (..., K) in [-8, 7]; the inverse of pack_int4."""
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)
     return nibbles.to(torch.int8) - 8
 
 
@@ -254,42 +259,82 @@ class Int4Linear(nn.Module):
                 f"int4 groups of {self.group_size}")
 
 
+class QuantizedStack(nn.Module):
+    """One matrix of each of the E routed experts (Experts' gate_proj, up_proj or down_proj) as stored, per expert:
+    int8 (E, N, K) with scales (E, N), or int4 packed (E, N, K/2) with scales (E, N, K/G). Indexed like the float
+    stack it replaces (an expert id, a tensor of ids, a slice), it returns those experts dequantized, in `dtype`."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.dtype = dtype
+        self.shape = (*q.shape[:2], q.shape[2] * (1 if q.dtype == torch.int8 else 2))  # (E, N, K) of the floats
+        self.register_buffer("q", q, persistent=False)  # built from the stored tensors, as Int8Linear's are
+        self.register_buffer("scale", scale, persistent=False)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        q, scale = self.q[index], self.scale[index]
+        w = dequantize_int8(q, scale) if q.dtype == torch.int8 else dequantize_int4(q, scale)
+        return w.to(self.dtype)
+
+    def extra_repr(self) -> str:
+        E, N, K = self.shape
+        kind = "int8 per row" if self.q.dtype == torch.int8 else f"int4 groups of {K // self.scale.shape[-1]}"
+        return f"experts={E}, in_features={K}, out_features={N}, {kind}"
+
+
+QUANTIZED = (Int8Linear, Int4Linear, QuantizedStack)
+
+
 def quant_linear(kind: str, q: torch.Tensor, scale: torch.Tensor, group_size: int,
                  dtype: torch.dtype = torch.float32) -> nn.Module:
     """The module for a stored int8 or int4 weight and its scale."""
     return Int8Linear(q, scale, dtype) if kind == "int8" else Int4Linear(q, scale, group_size)
 
 
+def swap(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where the submodule or parameter `name` of `model` was (set_submodule refuses parameters)."""
+    parent, _, attr = name.rpartition(".")
+    owner = model.get_submodule(parent)
+    delattr(owner, attr)
+    setattr(owner, attr, module)
+
+
 def quantize_model(model: nn.Module, fmt: str, group_size: int = INT4_GROUP_SIZE,
                    hessians: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Swap the model's quantizable nn.Linear layers (see `stored_as`) for Int8Linear / Int4Linear, in place;
-    the weights with an entry in `hessians` (nanoseek.gptq.hessians) are rounded by GPTQ."""
+    """Swap the model's quantizable nn.Linear layers (see `stored_as`) for Int8Linear / Int4Linear and the routed
+    experts' stacked matrices for QuantizedStacks, in place, quantized as save_quantized stores them; the weights
+    with an entry in `hessians` (nanoseek.gptq.hessians, per expert for the routed ones) are rounded by GPTQ."""
     if fmt not in ("int8", "int4"):
         raise ConfigError(f"only int8 and int4 stay quantized in memory, got {fmt!r}")
     check_format(fmt, group_size)
     dtype = next(model.parameters()).dtype
+
+    def quantized(weight: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stored = quantize_tensor(weight, w.detach(), fmt, group_size, (hessians or {}).get(weight))
+        return stored[weight], stored[weight + SCALE]
+
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear):
-            continue
-        kind, G = stored_as(name + ".weight", tuple(module.weight.shape), fmt, group_size)
-        if kind is None:
-            continue
-        stored = quantize_tensor(name + ".weight", module.weight.detach(), fmt, group_size,
-                                 (hessians or {}).get(name + ".weight"))
-        model.set_submodule(name, quant_linear(kind, stored[name + ".weight"], stored[name + ".weight" + SCALE], G,
-                                               dtype))
+        if isinstance(module, Experts):
+            for projection, stack in list(module.named_parameters()):
+                q, scale = zip(*(quantized(expert_weight_name(name, e, projection), w) for e, w in enumerate(stack)))
+                swap(model, f"{name}.{projection}", QuantizedStack(torch.stack(q), torch.stack(scale), dtype))
+        elif isinstance(module, nn.Linear):
+            kind, G = stored_as(name + ".weight", tuple(module.weight.shape), fmt, group_size)
+            if kind is not None:
+                swap(model, name, quant_linear(kind, *quantized(name + ".weight", module.weight), G, dtype))
     return model
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
+    return any(isinstance(m, QUANTIZED) for m in model.modules())
 
 
 def quantized_bytes(model: nn.Module) -> tuple[int, int]:
-    """(bytes the int8 / int4 layers hold in memory, weights and scales, and bytes the same weights take in bf16)."""
+    """(bytes the int8 / int4 layers and expert stacks hold in memory, weights and scales, and bytes the same
+    weights take in bf16)."""
     held = bf16 = 0
     for m in model.modules():
-        if isinstance(m, (Int8Linear, Int4Linear)):
+        if isinstance(m, QUANTIZED):
             held += sum(b.nbytes for b in m.buffers())
-            bf16 += 2 * m.in_features * m.out_features
+            bf16 += 2 * (math.prod(m.shape) if isinstance(m, QuantizedStack) else m.in_features * m.out_features)
     return held, bf16

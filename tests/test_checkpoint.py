@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from checkpoint_helpers import stored_state
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -50,7 +51,7 @@ def deepseek_release_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     num_hidden_layers + k with its final norm under shared_head and copies of the embedding and the head."""
     L = model.config.num_hidden_layers
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in stored_state(model).items():
         if name.startswith("mtp."):
             k, rest = name.split(".", 2)[1:]
             rest = "shared_head.norm.weight" if rest == "norm.weight" else rest
@@ -118,7 +119,7 @@ def test_sharded_round_trip(tmp_path):
     assert len(shards) > 2 and shards[-1] == f"model-{len(shards):05d}-of-{len(shards):05d}.safetensors"
     assert "model.safetensors" not in files
     index = json.loads((tmp_path / "ck" / "model.safetensors.index.json").read_text())
-    state = model.state_dict()
+    state = stored_state(model)
     assert index["weight_map"].keys() == state.keys()
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in state.values())
     for shard in shards:  # no shard over the limit unless one tensor alone is
@@ -193,7 +194,7 @@ def test_fp8_release_is_dequantized_within_e4m3_rounding(tmp_path):
     assert any(max(t.shape) > 128 and t.shape[0] % 128 for t in originals.values())
     quant = dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8", weight_block_size=[128, 128])
     write_deepseek_release(tmp_path / "fp8", tensors, deepseek_release_config(config, quantization_config=quant))
-    state = load_checkpoint(tmp_path / "fp8").state_dict()
+    state = stored_state(load_checkpoint(tmp_path / "fp8"))
     for name, w in originals.items():
         ours = name.removeprefix("model.").replace(f"layers.{config.num_hidden_layers}.", "mtp.0.")
         got = state[ours]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nanoseek import quant
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
@@ -72,7 +73,10 @@ def test_hessians_hold_each_layers_inputs_and_experts_see_only_their_tokens():
     torch.manual_seed(0)
     model = Transformer(CONFIG).eval()
     sequences = calibration_sequences(default_tokenizer(), 3)
+    moe_inputs = []
+    hook = model.layers[1].mlp.register_forward_pre_hook(lambda m, args: moe_inputs.append(args[0].flatten(0, 1)))
     sums = hessians(model, sequences)
+    hook.remove()
     # the first attention projection reads the normed embeddings, computed here by hand
     X = torch.cat([model.layers[0].input_layernorm(model.embed_tokens(torch.tensor(s[:-1]))) for s in sequences])
     assert torch.allclose(sums["layers.0.self_attn.q_a_proj.weight"], X.t() @ X, rtol=1e-4, atol=1e-3)
@@ -81,6 +85,14 @@ def test_hessians_hold_each_layers_inputs_and_experts_see_only_their_tokens():
     routed = sum(sums[f"{moe}experts.{e}.gate_proj.weight"] for e in range(4) if f"{moe}experts.{e}.gate_proj.weight"
                  in sums)
     assert torch.allclose(routed, 2 * sums[moe + "shared_experts.gate_proj.weight"], rtol=1e-4, atol=1e-3)
+    # a routed expert's down_proj reads the SwiGLU activation of the tokens routed to it, computed here plainly
+    x = torch.cat(moe_inputs)
+    _, indices, _ = model.layers[1].mlp.gate(x)
+    experts = model.layers[1].mlp.experts
+    for e in range(4):
+        mine = x[(indices == e).any(dim=1)]
+        h = F.silu(mine @ experts.gate_proj[e].T) * (mine @ experts.up_proj[e].T)
+        assert torch.allclose(sums[f"{moe}experts.{e}.down_proj.weight"], h.T @ h, rtol=1e-4, atol=1e-3)
     assert "mtp.0.self_attn.q_a_proj.weight" in sums  # the MTP module ran too
     assert model.training is False
 
@@ -105,6 +117,8 @@ def test_cli_quantize_calibrates_by_default(tmp_path, capsys):
     b = rtn_model.get_submodule("layers.1.mlp.shared_experts.down_proj")
     assert isinstance(a, quant.Int4Linear) and torch.equal(a.scale_and_zero, b.scale_and_zero)
     assert not torch.equal(a.packed, b.packed)
+    a, b = (m.get_submodule("layers.1.mlp.experts.down_proj") for m in (gptq_model, rtn_model))
+    assert isinstance(a, quant.QuantizedStack) and torch.equal(a.scale, b.scale) and not torch.equal(a.q, b.q)
 
 
 @pytest.mark.parametrize("args, message", [(["--calibrate", "-1"], "got -1"),

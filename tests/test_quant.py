@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from checkpoint_helpers import stored_state
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -36,9 +37,10 @@ def make_model(config: ModelConfig = CONFIG, seed: int = 0) -> Transformer:
             if p.ndim == 1:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
             else:
-                rows = torch.exp(2 * torch.randn(p.shape[0], 1, generator=g))
-                cols = torch.exp(torch.randn(1, p.shape[1], generator=g))
-                p.copy_(torch.randn(p.shape, generator=g) * rows * cols * p.shape[1] ** -0.5)
+                for w in p if p.ndim == 3 else [p]:  # the routed experts' stacks: each expert's matrix alike
+                    rows = torch.exp(2 * torch.randn(w.shape[0], 1, generator=g))
+                    cols = torch.exp(torch.randn(1, w.shape[1], generator=g))
+                    w.copy_(torch.randn(w.shape, generator=g) * rows * cols * w.shape[1] ** -0.5)
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(0.1 * torch.randn(b.shape, generator=g))
@@ -61,7 +63,8 @@ def rewrite(directory, change) -> None:
 
 
 def quantized_layers(model):
-    return {name: m for name, m in model.named_modules() if isinstance(m, (quant.Int8Linear, quant.Int4Linear))}
+    """Name -> Int8Linear, Int4Linear or QuantizedStack (a routed experts' projection, one matrix per expert)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, quant.QUANTIZED)}
 
 
 def spread_matrix(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -183,13 +186,14 @@ def test_int8_layer_takes_tensors_off_a_64_byte_boundary():
     assert torch.allclose(layer(x).float(), expected, rtol=2**-7, atol=1e-3 * expected.abs().max().item())
 
 
-def test_quantize_model_swaps_block_matrices_only():
+def test_quantize_model_swaps_block_matrices_only(tmp_path):
     model = quant.quantize_model(make_model(), "int4")
     layers = quantized_layers(model)
-    assert "layers.0.self_attn.q_a_proj" in layers and "mtp.0.mlp.experts.3.down_proj" in layers
+    assert "layers.0.self_attn.q_a_proj" in layers and "mtp.0.mlp.experts.down_proj" in layers
     kinds = {name: type(m).__name__ for name, m in layers.items()}
     assert kinds["layers.0.self_attn.kv_b_proj"] == "Int8Linear"       # read as a matrix by absorbed decoding
-    assert kinds["layers.1.mlp.experts.0.down_proj"] == "Int8Linear"    # K = 48: no int4 group divides it
+    assert layers["layers.1.mlp.experts.down_proj"].q.dtype == torch.int8  # K = 48: no int4 group divides it
+    assert layers["layers.1.mlp.experts.up_proj"].q.shape == (4, 48, 96)   # int4, two per byte, per expert
     assert layers["layers.0.self_attn.q_b_proj"].group_size == 32       # K = 96: 64 does not divide it
     assert layers["layers.0.mlp.down_proj"].group_size == 64
     for kept in ("lm_head", "mtp.0.eh_proj"):
@@ -197,6 +201,16 @@ def test_quantize_model_swaps_block_matrices_only():
     assert isinstance(model.layers[1].mlp.gate.weight, torch.nn.Parameter)
     with pytest.raises(ConfigError, match="fp8"):
         quant.quantize_model(make_model(), "fp8")
+    # in memory as through a file, GPTQ included: the same integers and scales, the experts' in expert order
+    fitted = hessians(make_model(), torch.randint(0, CONFIG.vocab_size, (4, 16)).tolist())
+    fitted_layers = quantized_layers(quant.quantize_model(make_model(), "int4", hessians=fitted))
+    save_quantized(make_model(), tmp_path / "int4", "int4", hessians=fitted)
+    loaded = quantized_layers(load_checkpoint(tmp_path / "int4"))
+    assert loaded.keys() == fitted_layers.keys() == layers.keys()
+    for name, layer in fitted_layers.items():
+        assert all(torch.equal(a, b) for a, b in zip(layer.buffers(), loaded[name].buffers(), strict=True)), name
+    experts = "layers.1.mlp.experts.gate_proj"
+    assert not torch.equal(fitted_layers[experts].q, layers[experts].q)  # GPTQ moved some of the experts' integers
 
 
 # ---- files ------------------------------------------------------------------------------------------------------
@@ -206,12 +220,13 @@ def test_round_trip_through_files_is_within_each_formats_bound(fmt, tmp_path):
     save_quantized(model, tmp_path / fmt, fmt)
     stored = stored_tensors(tmp_path / fmt)
     config = json.loads((tmp_path / fmt / "config.json").read_text())
-    names = {name: hf_name(name, CONFIG) if fmt == "fp8" else name for name in model.state_dict()}
+    weights = stored_state(model)
+    names = {name: hf_name(name, CONFIG) if fmt == "fp8" else name for name in weights}
     loaded = load_checkpoint(tmp_path / fmt)
-    loaded_state = loaded.state_dict()
+    loaded_state = stored_state(loaded)
     layers = quantized_layers(loaded)
     n_quantized = 0
-    for name, w in model.state_dict().items():
+    for name, w in weights.items():
         t = stored[names[name]]
         kind, G = quant.stored_as(name, tuple(w.shape), fmt)
         if kind is None:  # higher precision: bf16, the routing bias float32
@@ -231,6 +246,10 @@ def test_round_trip_through_files_is_within_each_formats_bound(fmt, tmp_path):
         got = quant.dequantize_int8(t, s) if kind == "int8" else quant.dequantize_int4(t, s)
         step = s.float().unsqueeze(1) if kind == "int8" else s.float().repeat_interleave(G, 1)
         assert ((got - w).abs() <= step / 2 * (1 + 1e-6)).all(), name
+        if ".experts." in name:  # a routed expert's matrix: its projection's stack holds it, at its index
+            stack, e, projection, _ = name.rsplit(".", 3)
+            assert torch.equal(layers[f"{stack}.{projection}"][int(e)], got), name
+            continue
         layer = layers[name.removesuffix(".weight")]
         x = torch.randn(3, w.shape[1])
         expected = x.bfloat16().float() @ got.T
@@ -240,7 +259,7 @@ def test_round_trip_through_files_is_within_each_formats_bound(fmt, tmp_path):
     elif fmt == "fp8":
         assert n_quantized > 0 and not layers
     else:
-        assert n_quantized == len(layers) > 0
+        assert n_quantized == sum(len(m.q) if isinstance(m, quant.QuantizedStack) else 1 for m in layers.values()) > 0
     if fmt == "int4":
         assert config["quantization_config"] == {"quant_method": "nanoseek", "format": "int4", "group_size": 64}
 
@@ -298,7 +317,7 @@ def test_sizes_on_disk_and_in_memory(tmp_path):
         stored = stored_tensors(tmp_path / fmt)
         quantized = [n for n in stored if n + "_scale" in stored]
         disk = sum(stored[n].nbytes + stored[n + "_scale"].nbytes for n in quantized)
-        bf16 = sum(2 * model.get_parameter(n).numel() for n in quantized)
+        bf16 = sum(2 * stored_state(model)[n].numel() for n in quantized)
         memory, memory_bf16 = quant.quantized_bytes(load_checkpoint(tmp_path / fmt))
         assert memory_bf16 == bf16
         assert disk / bf16 <= target and memory / bf16 <= target, (fmt, disk / bf16, memory / bf16)

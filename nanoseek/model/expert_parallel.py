@@ -1,7 +1,9 @@
 """Expert parallelism (V3 §3.2 trains with 64-way EP): the routed experts of every MoE layer are split across ranks,
 and tokens travel to the rank that holds their expert and back by all-to-all.
 
-With E experts and N ranks, rank r holds experts [r E/N, (r+1) E/N). A layer's forward on each rank:
+With E experts and N ranks, rank r holds experts [r E/N, (r+1) E/N): those rows of each of the layer's stacked
+matrices, as a DTensor sharded by expert, so that distributed checkpoints reshard them like any other parameter (a
+run saved with expert parallelism resumes without it, and the other way round). A layer's forward on each rank:
 1. route its tokens and sort the (token, expert) pairs by expert, hence by the rank that owns the expert;
 2. exchange the per-expert counts, then the token vectors (dispatch all-to-all);
 3. run each local expert once on everything it received from all ranks;
@@ -14,8 +16,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Shard
 
 from nanoseek.errors import ConfigError
+from nanoseek.model.moe import Experts, combine, sort_by_expert
 
 
 class _AllToAll(torch.autograd.Function):
@@ -45,13 +50,9 @@ class ExpertParallel:
         self.per_rank = n_experts // self.world
         self.local = range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
 
-    def __call__(self, experts: nn.ModuleList, x: torch.Tensor, weights: torch.Tensor,
+    def __call__(self, experts: Experts, x: torch.Tensor, weights: torch.Tensor,
                  indices: torch.Tensor) -> torch.Tensor:
-        k = indices.shape[1]
-        flat_idx = indices.flatten()
-        order = flat_idx.argsort(stable=True)
-        token_of = order // k
-        counts = torch.bincount(flat_idx, minlength=self.world * self.per_rank)
+        order, token_of, counts = sort_by_expert(indices, self.world * self.per_rank)
         # received[s, j]: how many tokens rank s sends to this rank's j-th expert
         received = torch.empty_like(counts)
         dist.all_to_all_single(received, counts, group=self.group)
@@ -62,36 +63,32 @@ class ExpertParallel:
         sizes = received.tolist()
         pieces = list(inbox.split(sizes))
         J = self.per_rank
-        for j, e in enumerate(self.local):
+        # every local expert runs, an idle one on no rows: the rank's slice of each stack then always has a gradient,
+        # as the whole stack has in one process, so the optimizer steps it alike (weight decay, moments)
+        local = zip(*(m.to_local().unbind(0) for m in (experts.gate_proj, experts.up_proj, experts.down_proj)))
+        for j, matrices in enumerate(local):
             mine = [s * J + j for s in range(self.world)]
-            out = experts[e](torch.cat([pieces[i] for i in mine]))
+            out = experts.ffn(torch.cat([pieces[i] for i in mine]), *matrices)
             for i, part in zip(mine, out.split([sizes[i] for i in mine])):
                 pieces[i] = part
         outbox = _AllToAll.apply(torch.cat(pieces), send_splits, recv_splits, self.group)
-        outbox = outbox * weights.flatten()[order].unsqueeze(1).to(outbox.dtype)
-        return torch.zeros_like(x).index_add_(0, token_of, outbox.to(x.dtype))
+        return combine(x, outbox, weights, order, token_of)
 
 
-class _Elsewhere(nn.Module):
-    """Stands in for an expert held by another rank, so the local experts keep their names (experts.E)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("this expert lives on another rank")
-
-
-def distribute_experts(model: nn.Module, group=None) -> list[nn.Parameter]:
-    """Keep only this rank's routed experts in every MoE layer (the others are dropped) and switch the layers to
-    all-to-all dispatch; returns the parameters of the experts kept here."""
-    world = dist.get_world_size(group)
+def distribute_experts(model: nn.Module, mesh: DeviceMesh) -> list[nn.Parameter]:
+    """Keep only this rank's slice of every MoE layer's stacked expert matrices (the rest is dropped), as a DTensor
+    sharded by expert over `mesh` (so distributed checkpoints know which rank holds which experts), and switch the
+    layers to all-to-all dispatch; returns the parameters kept here."""
+    world = mesh.size()
     kept = []
     for moe in model.moe_layers():
         if moe.n_experts % world:
             raise ConfigError(f"expert parallelism needs the {moe.n_experts} routed experts to split evenly over "
                               f"{world} processes")
-        moe.expert_parallel = ExpertParallel(moe.n_experts, group)
-        for e in range(moe.n_experts):
-            if e in moe.expert_parallel.local:
-                kept += list(moe.experts[e].parameters())
-            else:
-                moe.experts[e] = _Elsewhere()
+        moe.expert_parallel = ExpertParallel(moe.n_experts, mesh.get_group())
+        local = moe.expert_parallel.local
+        for name, stack in list(moe.experts.named_parameters()):
+            mine = stack.detach()[local.start:local.stop].clone()
+            kept.append(nn.Parameter(DTensor.from_local(mine, mesh, [Shard(0)], run_check=False)))
+            setattr(moe.experts, name, kept[-1])
     return kept

@@ -3,7 +3,8 @@
 Fine-grained routed experts plus always-on shared experts. V3 scores experts with a sigmoid; a per-expert bias
 b_i steers which experts are chosen but never the gate weights, and is nudged after each training step towards
 balanced load. A tiny sequence-wise balance loss (§2.3, Eq. 17-20) guards against extreme imbalance inside
-one sequence. Each expert runs only on the tokens routed to it.
+one sequence. The routed experts' matrices are stacked (`Experts`): a few tokens gather their experts' matrices by
+index, many tokens are sorted by expert so that each expert runs once, on its own tokens only.
 """
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 
+# Up to this many (token, expert) pairs, Experts gathers each pair's matrices rather than sorting the pairs by
+# expert (docs/moe.md has the measurement behind it).
+GATHER_MAX = 4
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The SwiGLU gating of every FFN here: silu(x W_gate^T) * (x W_up^T), from the two projections of x."""
+    return F.silu(gate) * up
+
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward: the dense layers, each routed expert and the shared experts."""
+    """SwiGLU feed-forward: the dense layers and the shared experts."""
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
@@ -24,7 +34,73 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def expert_weight_name(experts: str, e: int, projection: str) -> str:
+    """DeepSeek's name for one routed expert's matrix, `<experts>.<e>.<projection>.weight`: checkpoints store each
+    expert's matrices under these names, and GPTQ's Hessians are keyed by them."""
+    return f"{experts}.{e}.{projection}.weight"
+
+
+def sort_by_expert(indices: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (token, expert) pairs of indices (N, top_k) sorted by expert: their positions in indices.flatten(), the
+    token of each, and the number of pairs per expert (n_experts,)."""
+    flat = indices.flatten()
+    order = flat.argsort(stable=True)
+    return order, order // indices.shape[1], torch.bincount(flat, minlength=n_experts)
+
+
+def combine(x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor, order: torch.Tensor,
+            token_of: torch.Tensor) -> torch.Tensor:
+    """Expert outputs of the sorted pairs (pairs, hidden) -> each token's gate-weighted sum (N, hidden), like x."""
+    out = out * weights.flatten()[order].unsqueeze(1).to(out.dtype)
+    return torch.zeros_like(x).index_add_(0, token_of, out.to(x.dtype))
+
+
+class Experts(nn.Module):
+    """The routed experts (V3 §2.1.2): E SwiGLU FFNs with their matrices stacked, gate_proj and up_proj (E, I, H),
+    down_proj (E, H, I), so that experts are picked by index. One entry, `forward`, runs them in one of two ways,
+    chosen by shape alone (a compiled step sees no data-dependent branch):
+    - few (token, expert) pairs, as in decoding: each pair's matrices are gathered by index and applied in one
+      batched product; no sorting and no host synchronisation, at the cost of a copy of the matrices per pair;
+    - many pairs, as in training and prefill: the pairs are sorted by expert and each expert with tokens runs once
+      on them, reading its matrices once. The stack has one gradient, zero in the rows of the idle experts.
+    Both read the matrices through indexing alone (`matrices`), so a quant.QuantizedStack, which keeps one of them
+    int8 / int4 and dequantizes just the experts asked for, can stand in for any of the three."""
+
+    def __init__(self, n_experts: int, hidden: int, intermediate: int):
+        super().__init__()
+        self.n_experts = n_experts
+        self.gate_proj = nn.Parameter(torch.empty(n_experts, intermediate, hidden))
+        self.up_proj = nn.Parameter(torch.empty(n_experts, intermediate, hidden))
+        self.down_proj = nn.Parameter(torch.empty(n_experts, hidden, intermediate))
+
+    def matrices(self, index=slice(None)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gate, up and down matrices of the experts `index`: an expert id, a tensor of ids, or all of them."""
+        return self.gate_proj[index], self.up_proj[index], self.down_proj[index]
+
+    @staticmethod
+    def activation(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """x (..., H) -> the input of down_proj (..., I); GPTQ calibrates down_proj on it."""
+        return swiglu(x @ gate.mT, x @ up.mT)
+
+    def ffn(self, x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        """x (..., H) through the expert FFN of these matrices (V3 Eq. 13's FFN_i) -> (..., H)."""
+        return self.activation(x, gate, up) @ down.mT
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """x (N, H) flat tokens, gate weights and expert indices (N, top_k) -> Σ_k g_k expert_k(x) (N, H)."""
+        if indices.numel() <= GATHER_MAX:
+            y = self.ffn(x[:, None, None], *self.matrices(indices)).squeeze(2)             # (N, top_k, H)
+            return (y * weights.unsqueeze(-1).to(y.dtype)).sum(1).to(x.dtype)
+        order, token_of, counts = sort_by_expert(indices, self.n_experts)
+        chunks = x[token_of].split(counts.tolist())
+        # all experts' matrices at once, then unbound: the backward stacks the E gradients in one tensor rather than
+        # adding E zero-padded full-size ones
+        per_expert = zip(*(m.unbind(0) for m in self.matrices()))
+        out = torch.cat([self.ffn(chunk, *m) for chunk, m in zip(chunks, per_expert) if len(chunk)])
+        return combine(x, out, weights, order, token_of)
 
 
 def route(scores: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_group: int, topk_group: int) -> torch.Tensor:
@@ -90,8 +166,7 @@ class MoE(nn.Module):
         super().__init__()
         self.n_experts = config.n_routed_experts
         self.gate = Gate(config)
-        self.experts = nn.ModuleList(MLP(config.hidden_size, config.moe_intermediate_size)
-                                     for _ in range(config.n_routed_experts))
+        self.experts = Experts(config.n_routed_experts, config.hidden_size, config.moe_intermediate_size)
         self.shared_experts = MLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
         # Tokens each expert received since the last bias update; the training loop reads and resets it.
         self.register_buffer("tokens_per_expert", torch.zeros(config.n_routed_experts), persistent=False)
@@ -105,21 +180,8 @@ class MoE(nn.Module):
         if self.training:
             self.aux_loss = balance_loss(scores.view(B, T, -1), indices.view(B, T, -1), self.n_experts)
             self.tokens_per_expert += torch.bincount(indices.flatten(), minlength=self.n_experts).float()
-        routed = self._run_experts(flat, weights, indices)
+        if self.expert_parallel is None:
+            routed = self.experts(flat, weights, indices)
+        else:
+            routed = self.expert_parallel(self.experts, flat, weights, indices)
         return (routed + self.shared_experts(flat)).view(B, T, H)
-
-    def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Sort the (token, expert) pairs by expert and run each expert once, on its own tokens only."""
-        if self.expert_parallel is not None:
-            return self.expert_parallel(self.experts, x, weights, indices)
-        k = indices.shape[1]
-        flat_idx = indices.flatten()
-        order = flat_idx.argsort(stable=True)
-        counts = torch.bincount(flat_idx, minlength=self.n_experts).tolist()
-        token_of = order // k
-        chunks = x[token_of].split(counts)
-        # every expert runs, an idle one on no rows: its gradient is then zero rather than absent, as with expert
-        # parallelism, where ranks must agree on which gradients exist
-        out = torch.cat([self.experts[e](chunk) for e, chunk in enumerate(chunks)])
-        out = out * weights.flatten()[order].unsqueeze(1).to(out.dtype)
-        return torch.zeros_like(x).index_add_(0, token_of, out.to(x.dtype))

@@ -9,7 +9,7 @@ from torch import nn
 
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import Block
-from nanoseek.model.moe import MoE, update_bias
+from nanoseek.model.moe import Experts, MoE, update_bias
 from nanoseek.model.mtp import MTPModule, mtp_inputs, mtp_targets
 from nanoseek.model.norm import RMSNorm
 from nanoseek.model.rope import RotaryEmbedding
@@ -47,6 +47,9 @@ class Transformer(nn.Module):
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, Experts):
+            for w in module.parameters():
+                nn.init.normal_(w, std=std)
         elif isinstance(module, MoE):
             nn.init.normal_(module.gate.weight, std=std)
 

@@ -2,9 +2,11 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.moe import MoE, balance_loss, route, update_bias
+from nanoseek.model import moe as moe_module
+from nanoseek.model.moe import GATHER_MAX, MoE, balance_loss, route, update_bias
 
 
 def brute_force_route(choice_row, top_k, n_group, topk_group):
@@ -53,21 +55,80 @@ def test_bias_changes_choice_not_gate_weights():
     torch.testing.assert_close(w1, expected)
 
 
-def test_experts_run_only_on_their_tokens_and_match_dense_reference():
+def per_token_reference(experts, x, weights, indices):
+    """Plainly: each token through each of its chosen experts' SwiGLU, one at a time, summed with its gate weights."""
+    rows = []
+    for n in range(x.shape[0]):
+        y = torch.zeros_like(x[n])
+        for j in range(indices.shape[1]):
+            e = int(indices[n, j])
+            h = F.silu(experts.gate_proj[e] @ x[n]) * (experts.up_proj[e] @ x[n])
+            y = y + weights[n, j] * (experts.down_proj[e] @ h)
+        rows.append(y)
+    return torch.stack(rows)
+
+
+def routed(tokens, seed=0):
+    """`tokens` random tokens, each sent to two of the first six of the eight experts: the last two stay idle."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, 32, generator=g)
+    return x, torch.rand(tokens, 2, generator=g), torch.rand(tokens, 6, generator=g).topk(2, dim=-1).indices
+
+
+# top-2: a token is two (token, expert) pairs, gathered up to GATHER_MAX pairs and sorted beyond
+@pytest.mark.parametrize("tokens", [1, GATHER_MAX // 2, GATHER_MAX // 2 + 1, 200])
+def test_experts_match_a_per_token_reference(tokens):
     moe = _moe().eval()
-    x = torch.randn(3, 10, 32)
-    calls = {}
-    for e, expert in enumerate(moe.experts):
-        expert.register_forward_hook(lambda m, inp, out, e=e: calls.__setitem__(e, inp[0].shape[0]))
-    out = moe(x)
-    weights, idx, _ = moe.gate(x.view(-1, 32))
-    for e in range(8):
-        assert calls.get(e, 0) == int((idx == e).sum())
-    # reference: every expert on every token, combined with a dense gate matrix
-    dense = torch.zeros(30, 8).scatter(1, idx, weights)
-    ref = sum(dense[:, e:e + 1] * moe.experts[e](x.view(-1, 32)) for e in range(8))
-    ref = ref + moe.shared_experts(x.view(-1, 32))
-    torch.testing.assert_close(out.view(-1, 32), ref, atol=1e-5, rtol=1e-5)
+    x, weights, indices = routed(tokens)
+    torch.testing.assert_close(moe.experts(x, weights, indices), per_token_reference(moe.experts, x, weights, indices),
+                               atol=1e-5, rtol=1e-5)
+    weights, indices, _ = moe.gate(x)  # through the whole layer, routed by its gate
+    full = moe(x.view(1, tokens, 32)).view(tokens, 32)
+    expected = per_token_reference(moe.experts, x, weights, indices) + moe.shared_experts(x)
+    torch.testing.assert_close(full, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gathering_and_sorting_agree_and_sorting_has_the_references_gradients(monkeypatch):
+    moe = _moe()
+    x, weights, indices = routed(40)
+    x.requires_grad_(True)
+    weights.requires_grad_(True)
+    tensors = [x, weights, *moe.experts.parameters()]
+    monkeypatch.setattr(moe_module, "GATHER_MAX", 10**6)
+    gathered = moe.experts(x, weights, indices)
+    monkeypatch.setattr(moe_module, "GATHER_MAX", 0)
+    out = moe.experts(x, weights, indices)
+    assert (out - gathered).abs().max() <= 1e-5
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad(out, tensors, upstream)
+    expected = torch.autograd.grad(per_token_reference(moe.experts, x, weights, indices), tensors, upstream)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    assert (got[2].flatten(1).norm(dim=1) > 0).tolist() == [True] * 6 + [False] * 2  # idle experts: zero gradient
+
+
+def test_sorting_runs_each_expert_once_on_its_own_tokens(monkeypatch):
+    moe = _moe().eval()
+    x, weights, indices = routed(100)
+    rows = []
+    ffn = moe.experts.ffn
+
+    def counting_ffn(chunk, *matrices):
+        rows.append(len(chunk))
+        return ffn(chunk, *matrices)
+
+    monkeypatch.setattr(moe.experts, "ffn", counting_ffn)
+    moe.experts(x, weights, indices)
+    assert rows == torch.bincount(indices.flatten()).tolist()  # experts 0-5 in turn, each on its own tokens; 6, 7 idle
+
+
+def test_few_tokens_compile_into_one_graph():
+    """The gathered path has no data-dependent shape and no host synchronisation: a compiled decoding step need not
+    break its graph around the experts."""
+    moe = _moe().eval()
+    x, weights, indices = routed(GATHER_MAX // 2)
+    compiled = torch.compile(moe.experts, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, weights, indices), moe.experts(x, weights, indices))
 
 
 def test_bias_update_balances_skewed_router():

@@ -55,16 +55,18 @@ def test_two_processes_end_with_the_weights_of_one(runs, run):
 
 
 def test_expert_parallelism_keeps_each_expert_on_one_rank(runs):
-    """In the checkpoint, rank 0 wrote the first half of every MoE layer's experts and rank 1 the second half;
-    FSDP-sharded weights come from both ranks."""
+    """In the checkpoint, rank 0 wrote the first half of every MoE layer's experts (rows of the stacked matrices)
+    and rank 1 the second half; FSDP-sharded weights come from both ranks."""
     metadata = FileSystemReader(runs / "ep" / "checkpoints" / "step-000006").read_metadata()
-    writers: dict[str, set[str]] = {}
+    experts, o_proj = "model.layers.1.mlp.experts.up_proj", "model.layers.1.self_attn.o_proj.weight"
+    writers: dict[str, dict[int, str]] = {experts: {}, o_proj: {}}  # first row of each chunk -> the rank writing it
     for index, info in metadata.storage_data.items():
-        writers.setdefault(index.fqn, set()).add(info.relative_path.split("_")[2])  # __R_0.distcp -> R
+        if index.fqn in writers:
+            writers[index.fqn][index.offset[0]] = info.relative_path.split("_")[2]  # __R_0.distcp -> R
     n = ModelConfig.from_preset("tiny").n_routed_experts
-    for e in range(n):
-        assert writers[f"model.layers.1.mlp.experts.{e}.up_proj.weight"] == {"0" if e < n // 2 else "1"}
-    assert writers["model.layers.1.self_attn.o_proj.weight"] == {"0", "1"}
+    assert metadata.state_dict_metadata[experts].size[0] == n
+    assert writers[experts] == {0: "0", n // 2: "1"}
+    assert set(writers[o_proj].values()) == {"0", "1"}
 
 
 @pytest.mark.parametrize("run", ["two", "ep"])
