@@ -158,7 +158,8 @@ class Engine:
             self.stats.prompt_tokens += len(request.prompt)
             self.stats.cached_tokens += request.cached_tokens
         training = self.model.training
-        self.model.eval()  # a policy between training steps (GRPO): no routing statistics from these forwards
+        if training:  # a policy between its training steps (GRPO): no routing statistics from these forwards
+            self.model.eval()
         try:
             updates = []
             if self.running:
@@ -166,7 +167,8 @@ class Engine:
             if self.prefilling:
                 updates += self._prefill()
         finally:
-            self.model.train(training)
+            if training:
+                self.model.train()
         self.stats.steps += 1
         return updates
 

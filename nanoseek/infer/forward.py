@@ -2,18 +2,22 @@
 
 A small model decoding a few tokens is bound by the fixed cost of each operation, not by arithmetic: an eager
 decode step of the tiny model is some 230 operations. `torch.compile` (inductor: C++ on a CPU, Triton on a GPU)
-fuses the small ones and keeps the matrix products, so a step is a few dozen calls. It needs static shapes, so a
-decode step is padded to a bucket: the batch up to a power of two (rows feeding a dummy token into block 0), and
-the positions each sequence attends over up to a power-of-two number of blocks (masked). Each bucket compiles
-once on first use; inductor keeps the result in its on-disk cache (`torch._inductor` FX graph cache), so the next
-process loads it in a second or two. On a GPU the compiled step is also captured as a CUDA graph
-(mode="reduce-overhead"), which replays the whole step with one launch.
+fuses the small ones and keeps the matrix products, so a step is a few dozen calls, and no step waits on the host
+(the router's experts are gathered or grouped on the device, model/moe.py; greedy choices are made inside the
+step). A decode step is padded to a bucket: the batch up to a power of two (rows feeding a dummy token into block
+0), and the positions each sequence attends over up to a power-of-two number of blocks (masked). The graphs are
+compiled with symbolic sizes, so one serves many buckets: a batch of one, and the batches whose experts are
+gathered or grouped, make a few per model. Inductor keeps them in its on-disk cache (`torch._inductor`'s FX graph
+cache), so the next process loads them in seconds. On a GPU the compiled step is also captured as a CUDA graph
+(mode="reduce-overhead"), one recording per bucket, which replays the whole step with one launch.
 
 Prefill chunks have as many shapes as prompts have lengths, and a chunk's cost is its arithmetic: they run eager.
-The eager path is the reference the tests hold the compiled one to.
+The eager path is the reference the tests hold the compiled one to. A forward over few tokens, compiled or not, runs
+on one CPU thread (`threads_for`).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Callable
@@ -25,8 +29,9 @@ from nanoseek.infer.request import Sequence
 from nanoseek.model import Transformer
 
 MIN_SPAN_BLOCKS = 4  # the smallest span a decode step attends over, in blocks
-# One compiled graph per function and bucket (batch x span); torch.compile's default limit of 8 per function would
-# send the rest back to eager.
+PARALLEL_TOKENS = 128  # forwards over fewer tokens than this run on one CPU thread (see `threads_for`)
+# A few graphs per function and model (see above), and every model of the process shares the functions:
+# torch.compile's default limit of 8 graphs per function would send the rest back to eager.
 torch._dynamo.config.recompile_limit = 64
 _compiled: dict[tuple[Callable, str | None], Callable] = {}  # shared by every engine of the process
 _shapes: set = set()                                           # (function, shapes) compiled so far
@@ -42,6 +47,23 @@ def set_compile(enabled: bool) -> None:
 
 def compile_enabled() -> bool:
     return _enabled
+
+
+@contextlib.contextmanager
+def threads_for(tokens: int):
+    """Run a forward over few tokens on one CPU thread: its matrix products are too small to repay waking a second
+    one. Measured on 2 AMD EPYC cores: (8 x 256) @ (256 x 512) takes 2x as long on two threads as on one, and over
+    100x when the cores are shared with other work (an index_add_ of 64 rows took 22 ms); from a few hundred rows
+    on, the second thread helps. A step compiled inside this context is compiled for one thread."""
+    threads = torch.get_num_threads()
+    if tokens >= PARALLEL_TOKENS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def bucket(n: int) -> int:
@@ -74,7 +96,8 @@ class Forward:
         T = max(lengths)
         batch = PagedBatch.build(self.pool, [s.blocks for s in seqs], starts, lengths)
         ids = self.pad([s.tokens[a:a + n] for s, a, n in zip(seqs, starts, lengths)], len(seqs), T)
-        return self.model.hidden_states(ids, batch)
+        with threads_for(sum(lengths)):
+            return self.model.hidden_states(ids, batch)
 
     def pad(self, rows: list[list[int]], B: int, T: int) -> torch.Tensor:
         """Token rows as a (B, T) tensor, zero-padded."""
@@ -93,7 +116,8 @@ class Forward:
         batch = PagedBatch.build(self.pool, [s.blocks for s in seqs], [s.computed for s in seqs], [T] * B,
                                  absorbed=True, span=span, rows=rows)
         padded = [torch.cat([x, x.new_zeros(rows - B, *x.shape[1:])]) if rows > B else x for x in inputs]
-        out = self._run(fn, batch, self.pad(ids, rows, T), *padded)
+        with threads_for(rows * T):
+            out = self._run(fn, batch, self.pad(ids, rows, T), *padded)
         return tuple(o[:B] for o in out)
 
     def _run(self, fn: Callable, batch: PagedBatch, *inputs):
@@ -101,9 +125,10 @@ class Forward:
             return fn(self.model, batch, *inputs)
         mode = "reduce-overhead" if batch.read.is_cuda else None
         if (fn, mode) not in _compiled:
-            _compiled[fn, mode] = torch.compile(fn, dynamic=False, mode=mode)
+            _compiled[fn, mode] = torch.compile(fn, dynamic=True, mode=mode)
         compiled = _compiled[fn, mode]
-        shape = (fn, mode, self.model.config, batch.read.shape, batch.read.device, self.pool.kv[0].dtype)
+        shape = (fn, mode, id(self.model), batch.read.shape, batch.read.device, self.pool.kv[0].dtype,
+                 torch.get_num_threads())
         if shape in _shapes:
             return compiled(self.model, batch, *inputs)
         start = time.perf_counter()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from nanoseek.infer.forward import Forward
+from nanoseek.infer.forward import Forward, threads_for
 from nanoseek.infer.kv_cache import PagedBatch
 from nanoseek.infer.request import Sequence
 from nanoseek.infer.sampler import choose, distributions
@@ -124,7 +124,8 @@ def prefill_entries(forward: Forward, rows: list[tuple[Sequence, int, int]], h: 
     batch = PagedBatch.build(forward.pool, [seq.blocks for _, seq, _, _ in keep], [s for _, _, s, _ in keep],
                              [m for *_, m in keep])
     ids = forward.pad([seq.tokens[s + 1:s + 1 + m] for _, seq, s, m in keep], len(keep), T)
-    forward.model.mtp_hidden(0, h[[i for i, *_ in keep], :T], ids, batch)
+    with threads_for(sum(m for *_, m in keep)):
+        forward.model.mtp_hidden(0, h[[i for i, *_ in keep], :T], ids, batch)
 
 
 def first_drafts(forward: Forward, seqs: list[Sequence], h_last: torch.Tensor) -> None:
@@ -132,5 +133,6 @@ def first_drafts(forward: Forward, seqs: list[Sequence], h_last: torch.Tensor) -
     hidden state there): the entry there, and the first draft."""
     batch = PagedBatch.build(forward.pool, [s.blocks for s in seqs], [s.computed - 1 for s in seqs], [1] * len(seqs))
     ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=h_last.device)
-    logits = forward.model.mtp_head(0, forward.model.mtp_hidden(0, h_last.unsqueeze(1), ids, batch))
+    with threads_for(len(seqs)):
+        logits = forward.model.mtp_head(0, forward.model.mtp_hidden(0, h_last.unsqueeze(1), ids, batch))
     propose(logits[:, 0].float(), seqs)

@@ -4,7 +4,8 @@ Fine-grained routed experts plus always-on shared experts. V3 scores experts wit
 b_i steers which experts are chosen but never the gate weights, and is nudged after each training step towards
 balanced load. A tiny sequence-wise balance loss (§2.3, Eq. 17-20) guards against extreme imbalance inside
 one sequence. The routed experts' matrices are stacked (`Experts`): a few tokens gather their experts' matrices by
-index, many tokens are sorted by expert so that each expert runs once, on its own tokens only.
+index, many tokens are sorted by expert so that each expert runs once, on its own tokens only (a grouped matrix
+product where torch has one).
 """
 from __future__ import annotations
 
@@ -15,8 +16,34 @@ from torch import nn
 from nanoseek.config import ModelConfig
 
 # Up to this many (token, expert) pairs, Experts gathers each pair's matrices rather than sorting the pairs by
-# expert (docs/moe.md has the measurement behind it).
+# expert: eagerly, and inside a compiled step, where the gather fuses into the products (docs/moe.md).
 GATHER_MAX = 4
+GATHER_MAX_COMPILED = 32
+
+
+@torch.library.custom_op("nanoseek::grouped_mm", mutates_args=())
+def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """F.grouped_mm as one opaque operation for torch.compile: rows offs[g-1]:offs[g] of x (M, K) times w[g]
+    (K, N). torch 2.13's compile-time shape rule for F.grouped_mm accepts bf16 only; its CPU kernel any float."""
+    return F.grouped_mm(x, w, offs=offs)
+
+
+@grouped_mm.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """x (M, K) rows sorted by group, w (G, K, N), offs (G,) the end of each group's rows -> (M, N)."""
+    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+        return grouped_mm(x, w, offs)
+    return F.grouped_mm(x, w, offs=offs)
+
+
+def can_group(x: torch.Tensor, hidden: int, intermediate: int) -> bool:
+    """Whether torch's grouped product takes these tokens: on the CPU, rows of 16-byte multiples."""
+    size = x.element_size()
+    return x.device.type == "cpu" and (hidden * size) % 16 == 0 and (intermediate * size) % 16 == 0
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -64,8 +91,10 @@ class Experts(nn.Module):
     chosen by shape alone (a compiled step sees no data-dependent branch):
     - few (token, expert) pairs, as in decoding: each pair's matrices are gathered by index and applied in one
       batched product; no sorting and no host synchronisation, at the cost of a copy of the matrices per pair;
-    - many pairs, as in training and prefill: the pairs are sorted by expert and each expert with tokens runs once
-      on them, reading its matrices once. The stack has one gradient, zero in the rows of the idle experts.
+    - many pairs, as in training and prefill: the pairs are sorted by expert and each expert runs once on its own
+      tokens, reading its matrices once: one grouped product per matrix where torch has one for these tensors (on
+      the CPU; no host synchronisation either), else a loop over the experts with tokens. The stack has one
+      gradient, zero in the rows of the idle experts.
     Both read the matrices through indexing alone (`matrices`), so a quant.QuantizedStack, which keeps one of them
     int8 / int4 and dequantizes just the experts asked for, can stand in for any of the three."""
 
@@ -91,11 +120,17 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """x (N, H) flat tokens, gate weights and expert indices (N, top_k) -> Σ_k g_k expert_k(x) (N, H)."""
-        if indices.numel() <= GATHER_MAX:
+        if indices.numel() <= (GATHER_MAX_COMPILED if torch.compiler.is_compiling() else GATHER_MAX):
             y = self.ffn(x[:, None, None], *self.matrices(indices)).squeeze(2)             # (N, top_k, H)
             return (y * weights.unsqueeze(-1).to(y.dtype)).sum(1).to(x.dtype)
         order, token_of, counts = sort_by_expert(indices, self.n_experts)
-        chunks = x[token_of].split(counts.tolist())
+        xs = x[token_of]                                                                    # (pairs, H), by expert
+        gate, up, down = self.matrices()
+        if can_group(x, gate.shape[-1], gate.shape[-2]):
+            offs = counts.cumsum(0).to(torch.int32)
+            h = swiglu(_grouped_mm(xs, gate.mT, offs), _grouped_mm(xs, up.mT, offs))
+            return combine(x, _grouped_mm(h, down.mT, offs), weights, order, token_of)
+        chunks = xs.split(counts.tolist())
         # all experts' matrices at once, then unbound: the backward stacks the E gradients in one tensor rather than
         # adding E zero-padded full-size ones
         per_expert = zip(*(m.unbind(0) for m in self.matrices()))

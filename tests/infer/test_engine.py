@@ -26,14 +26,16 @@ HF_CONFIGS = {
 
 @pytest.mark.parametrize("name", HF_CONFIGS)
 def test_greedy_matches_transformers_generate(name, tmp_path):
-    """Prompts of different lengths in one Engine.generate call give exactly transformers' greedy tokens."""
+    """Prompts of different lengths in one Engine.generate call give exactly transformers' greedy tokens; the first
+    shape through the compiled step (test_forward.py holds the others' compiled steps to their eager ones)."""
     transformers = pytest.importorskip("transformers")
     kwargs = dict(HF_BASE, **HF_CONFIGS[name])
     config = transformers.DeepseekV3Config(**kwargs, num_key_value_heads=kwargs["num_attention_heads"])
     torch.manual_seed(0)
     hf = randomize(transformers.DeepseekV3ForCausalLM(config), seed=1)
     hf.save_pretrained(tmp_path)
-    engine = Engine(load_checkpoint(tmp_path), EngineConfig(cache_mb=4, block_size=8, prefill_chunk=16))
+    engine = Engine(load_checkpoint(tmp_path), EngineConfig(cache_mb=4, block_size=8, prefill_chunk=16,
+                                                            compile=name == "q_lora_groups"))
     batch = prompts([3, 17, 30, 9], vocab=97, seed=2)
     ours = engine.generate(batch, GREEDY)
     for prompt, got in zip(batch, ours):

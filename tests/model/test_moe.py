@@ -108,6 +108,7 @@ def test_gathering_and_sorting_agree_and_sorting_has_the_references_gradients(mo
 
 
 def test_sorting_runs_each_expert_once_on_its_own_tokens(monkeypatch):
+    """Without a grouped product (here: not offered), a loop over the experts, each on its own tokens."""
     moe = _moe().eval()
     x, weights, indices = routed(100)
     rows = []
@@ -118,8 +119,30 @@ def test_sorting_runs_each_expert_once_on_its_own_tokens(monkeypatch):
         return ffn(chunk, *matrices)
 
     monkeypatch.setattr(moe.experts, "ffn", counting_ffn)
+    monkeypatch.setattr(moe_module, "can_group", lambda *args: False)
     moe.experts(x, weights, indices)
     assert rows == torch.bincount(indices.flatten()).tolist()  # experts 0-5 in turn, each on its own tokens; 6, 7 idle
+
+
+def test_the_grouped_product_gets_each_experts_tokens_as_one_group(monkeypatch):
+    moe = _moe().eval()
+    x, weights, indices = routed(100)
+    calls = []
+    grouped = F.grouped_mm
+
+    def recording(a, b, offs):
+        calls.append((a, b, offs))
+        return grouped(a, b, offs=offs)
+
+    monkeypatch.setattr(F, "grouped_mm", recording)
+    out = moe.experts(x, weights, indices)
+    assert len(calls) == 3  # gate, up, down: one product each for all experts
+    a, b, offs = calls[0]
+    assert offs.tolist() == torch.bincount(indices.flatten(), minlength=8).cumsum(0).tolist()
+    for e, (start, end) in enumerate(zip([0] + offs.tolist(), offs.tolist())):  # group e: the tokens routed to e
+        tokens = [(x[t] == a[i]).all().item() for i, t in enumerate((indices == e).any(1).nonzero()[:, 0], start)]
+        assert end - start == len(tokens) and all(tokens)
+    torch.testing.assert_close(out, per_token_reference(moe.experts, x, weights, indices))
 
 
 def test_few_tokens_compile_into_one_graph():
