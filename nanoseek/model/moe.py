@@ -34,16 +34,28 @@ def _(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
 
 
 def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """x (M, K) rows sorted by group, w (G, K, N), offs (G,) the end of each group's rows -> (M, N)."""
+    """x (M, K) rows sorted by group, w (G, K, N), offs (G,) the end of each group's rows -> (M, N), in the dtype
+    of `compute_dtype` (autocast does not know the grouped product)."""
+    dtype = compute_dtype(x)
+    x, w = x.to(dtype), w.to(dtype)
     if torch.compiler.is_compiling() and not torch.is_grad_enabled():
         return grouped_mm(x, w, offs)
     return F.grouped_mm(x, w, offs=offs)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matrix product of x runs in: autocast's, when it is on."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def can_group(x: torch.Tensor, hidden: int, intermediate: int) -> bool:
-    """Whether torch's grouped product takes these tokens: on the CPU, rows of 16-byte multiples."""
-    size = x.element_size()
-    return x.device.type == "cpu" and (hidden * size) % 16 == 0 and (intermediate * size) % 16 == 0
+    """Whether torch's grouped product takes these tokens: on the CPU, in 32- or 16-bit floats, rows of 16-byte
+    multiples."""
+    dtype = compute_dtype(x)
+    size = dtype.itemsize
+    return (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and (hidden * size) % 16 == 0 and (intermediate * size) % 16 == 0)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
