@@ -240,6 +240,11 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=128, num_attention_heads=4, q_lora_rank=64, kv_lora_rank=48, qk_rope_head_dim=32,
                  intermediate_size=384, moe_intermediate_size=96, n_routed_experts=16, rope_theta=500.0,
                  initializer_range=0.07),
+    # `tiny`'s width with 12 layers: one MTP module beside a main stack of 12, as V3 has one beside 61 (§2.2), so that
+    # the draft is a small share of a speculative step (benchmarks/mtp_speculative.py).
+    "tiny-deep": dict(hidden_size=128, num_attention_heads=4, q_lora_rank=64, kv_lora_rank=48, qk_rope_head_dim=32,
+                      intermediate_size=384, moe_intermediate_size=96, n_routed_experts=16, rope_theta=500.0,
+                      initializer_range=0.07, num_hidden_layers=12),
     # Dense distillation students for `tiny` (R1 §2.4), at most a quarter of its parameters: Llama-shaped with
     # grouped-query attention (exports as LlamaForCausalLM), or with MLA.
     "tiny-student": dict(attention_type="gqa", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,

@@ -22,15 +22,31 @@ GATHER_MAX_COMPILED = 32
 
 
 @torch.library.custom_op("nanoseek::grouped_mm", mutates_args=())
-def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """F.grouped_mm as one opaque operation for torch.compile: rows offs[g-1]:offs[g] of x (M, K) times w[g]
-    (K, N). torch 2.13's compile-time shape rule for F.grouped_mm accepts bf16 only; its CPU kernel any float."""
-    return F.grouped_mm(x, w, offs=offs)
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """F.grouped_mm as one opaque operation for torch.compile (torch 2.13's compile-time shape rule for it accepts
+    bf16 only; its CPU kernel any float). a (M, K) rows sorted by group, b (G, K, N) -> (M, N): rows
+    offs[g-1]:offs[g] of a times b[g]; or a (K, M), b (M, N) -> (G, K, N): the groups split M."""
+    return F.grouped_mm(a, b, offs=offs)
 
 
 @grouped_mm.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape[0], w.shape[-1])
+def _(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    if b.dim() == 3:
+        return a.new_empty(a.shape[0], b.shape[-1])
+    return a.new_empty(offs.shape[0], a.shape[0], b.shape[1])
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad: torch.Tensor):
+    """Of (M, K) @ (G, K, N) by groups of rows: d a = grad @ b[g]^T per group, d b[g] = a_g^T grad_g."""
+    a, b, offs = ctx.saved_tensors
+    return grouped_mm(grad, b.mT, offs), grouped_mm(a.t(), grad, offs), None
+
+
+grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_save_inputs)
 
 
 def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
@@ -38,9 +54,7 @@ def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
     of `compute_dtype` (autocast does not know the grouped product)."""
     dtype = compute_dtype(x)
     x, w = x.to(dtype), w.to(dtype)
-    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
-        return grouped_mm(x, w, offs)
-    return F.grouped_mm(x, w, offs=offs)
+    return grouped_mm(x, w, offs) if torch.compiler.is_compiling() else F.grouped_mm(x, w, offs=offs)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -87,7 +101,13 @@ def sort_by_expert(indices: torch.Tensor, n_experts: int) -> tuple[torch.Tensor,
     token of each, and the number of pairs per expert (n_experts,)."""
     flat = indices.flatten()
     order = flat.argsort(stable=True)
-    return order, order // indices.shape[1], torch.bincount(flat, minlength=n_experts)
+    return order, order // indices.shape[1], expert_counts(flat, n_experts)
+
+
+def expert_counts(flat: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """How many of the expert ids `flat` name each expert, (n_experts,): bincount with a shape known in advance, so
+    that a compiled graph need not break around it."""
+    return torch.zeros(n_experts, dtype=flat.dtype, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
 
 
 def combine(x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor, order: torch.Tensor,
@@ -226,7 +246,7 @@ class MoE(nn.Module):
         weights, indices, scores = self.gate(flat)
         if self.training:
             self.aux_loss = balance_loss(scores.view(B, T, -1), indices.view(B, T, -1), self.n_experts)
-            self.tokens_per_expert += torch.bincount(indices.flatten(), minlength=self.n_experts).float()
+            self.tokens_per_expert += expert_counts(indices.flatten(), self.n_experts).float()
         if self.expert_parallel is None:
             routed = self.experts(flat, weights, indices)
         else:
