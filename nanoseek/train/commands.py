@@ -19,6 +19,10 @@ def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: in
         p.add_argument("--data", action="append", default=[], metavar="PATH",
                        help=".txt, .jsonl (text field) or .parquet text; repeatable (default: the standard library's "
                             "docstrings, with worked problems as 30%% of the text)")
+        p.add_argument("--trace-styles", default=None, metavar="STYLE=SHARE,...",
+                       help="shares of the worked problems' styles: answer (the answer alone), worked, checked (a "
+                            "self-check after the steps), corrected (a slip caught and corrected) (default: "
+                            "answer=0.25,worked=0.62,checked=0.09,corrected=0.04)")
     else:
         p.add_argument("--init", default="runs/pretrain", help="the base model (default: runs/pretrain)")
         p.add_argument("--data", action="append", default=[], metavar="PATH",
@@ -100,6 +104,8 @@ def _training_run(args: argparse.Namespace, stage: str) -> None:
                    "expert_parallel": args.expert_parallel or None}
     train_config = dataclasses.replace(DEFAULT_TRAIN, **{k: v for k, v in train_flags.items() if v is not None})
     stage_flags = {"preset": args.preset, "data": tuple(args.data), "seq_len": args.seq_len, "device": args.device}
+    if stage == "pretrain":
+        stage_flags["trace_styles"] = args.trace_styles
     if args.init is not None:
         stage_flags["init"] = args.init
     config = dataclasses.replace(StageConfig(), **{k: v for k, v in stage_flags.items() if v is not None})

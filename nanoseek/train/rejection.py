@@ -24,6 +24,7 @@ from tqdm import tqdm
 from nanoseek.atomic import open_atomic
 from nanoseek.checkpoint import load_checkpoint
 from nanoseek.data.countdown import value
+from nanoseek.data.styles import STEP, correction_line
 from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.tokenizer import Tokenizer
@@ -56,21 +57,25 @@ class RejectionConfig:
 REJECTIONS = {"truncated": "truncated", "format": "ill-formed", "language": "mixed-language", "incorrect": "incorrect",
               "false_step": "with a false step", "duplicate": "duplicates"}
 
-# A worked step: integers joined by + - * / then "= value", at the start of a line or after ": ", "; ", "= ", "try "
-# or "So " ("2*3 = 6", "add: 8 + 9 = 17", "x = 9 - 5 = 4", "try 7 - 1 = 6"), its value not followed by more terms.
-_STEP = re.compile(r"(?:^|(?<=: )|(?<=; )|(?<== )|(?<=try )|(?<=So ))"
-                   r"(\d+(?: ?[-+*/] ?\d+)+) = (-?\d+)(?!\d| ?[-+*/] ?\d)", re.MULTILINE)
-
-
 def false_step(reasoning: str) -> str | None:
-    """The first worked step of `reasoning` whose arithmetic is wrong ("8 - 5 = 1"), or None. Not judged: a step
-    starting with a negative number, and one the countdown verifier's exact arithmetic cannot value (an inexact
-    division)."""
-    for m in _STEP.finditer(reasoning):
+    """The first worked step of `reasoning` (`data.styles.STEP`) whose arithmetic is wrong ("8 - 5 = 1"), or None.
+    Not judged: a step starting with a negative number, and one the countdown verifier's exact arithmetic cannot
+    value (an inexact division). Excused: a false step that the next line catches, 'wait: 8 - 5 = 3, not 1, so'
+    (the corrected style of the pretraining mix, `data.styles`): the trace reaches its answer through true steps
+    only, and the correction is the reflection R1 §2.2.4 wants kept. A 'wait:' line is itself a step, so a
+    correction to a wrong value is a false step."""
+    for m in STEP.finditer(reasoning):
         worked = value(ast.parse(m[1], mode="eval").body, [])
-        if worked is not None and worked != int(m[2]):
+        if worked is not None and worked != int(m[2]) and not _caught(reasoning, m, worked):
             return m[0]
     return None
+
+
+def _caught(reasoning: str, m: re.Match, worked) -> bool:
+    """Whether the line after the one of step `m` corrects it."""
+    end = reasoning.find("\n", m.end())
+    following = reasoning[end + 1:] if end >= 0 else ""
+    return worked.denominator == 1 and following.startswith(correction_line(m[1], int(worked), int(m[2])))
 
 
 def judge(completion: str, problem) -> str:

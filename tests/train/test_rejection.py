@@ -52,6 +52,11 @@ def test_worked_traces_have_no_false_step(task):
     ("expand: 2n + 6 - 11 = 1\ncombine: 2n - 5 = 1", None),      # equations in the unknown are not claims
     ("add 5 to both sides: 2n = -10 + 6 = -4", None),              # a negative first term is not judged
     ("add: 8 + 9 = 17 -> 17 - 6\nsubtract: 17 - 6 = 11", None),
+    ("7 + 9 = 15\nwait: 7 + 9 = 16, not 15, so\n7 + 9 = 16, write 6", None),   # a slip caught on the next line
+    ("92 * 3: 2*3 = 7\nwait: 2*3 = 6, not 7, so\n92 * 3: 2*3 = 6", None),
+    ("7 + 9 = 15\nthen\nwait: 7 + 9 = 16, not 15, so", "7 + 9 = 15"),            # caught too late
+    ("7 + 9 = 15\nwait: 7 + 9 = 15, not 16, so", "7 + 9 = 15"),                  # not a correction of it
+    ("7 + 9 = 16\nwait: 7 + 9 = 17, not 16, so", "7 + 9 = 17"),                  # a 'correction' to a false value
 ])
 def test_false_step(reasoning, step):
     assert false_step(reasoning) == step
