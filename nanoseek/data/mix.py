@@ -13,7 +13,10 @@ then the answer), so a base model has already seen the format that GRPO's format
     936
 
 Each problem comes in one of several trace styles (`data.styles`): the answer alone, the worked steps, the steps with
-a self-check, or, rarely, with a slip caught and corrected.
+a self-check, or, rarely, with a slip caught and corrected. A share of them (DIALOGUE) is laid out as a transcript,
+`User: What is 347 + 589?` then `Assistant: <think>...`, as web text has question-and-answer threads: R1-Zero's
+plain-text template (R1 §2.2.1) ends in `User: question` and `Assistant:`, and a base model follows such a template
+only if it has read that layout (ours reads no other dialogue: its text is the standard library's docstrings).
 
 The synthetic share defaults to 0.3 of the text, counted in characters (a tokenizer-free
 stand-in for tokens, the unit in which a corpus's shares are given; counted in documents, 0.3 of
@@ -38,10 +41,14 @@ from nanoseek.data.tasks import TASKS, stream_mix
 from nanoseek.errors import ConfigError, DataError
 
 SYNTHETIC_FRACTION = 0.3
+DIALOGUE = 0.3  # the share of problems rendered as a transcript (User: / Assistant:), the layout of R1-Zero's template
 
 
-def render(problem: Problem) -> str:
-    return f"{problem.prompt}\n<think>\n{problem.reasoning}\n</think>\n\n{problem.answer}"
+def render(problem: Problem, dialogue: bool = False) -> str:
+    """The problem as a document: the question on its own line, or (dialogue) as a transcript's turns, `User: ...`
+    then `Assistant: ...`; then the thinking and the answer."""
+    head = f"User: {problem.prompt}\nAssistant: " if dialogue else f"{problem.prompt}\n"
+    return f"{head}<think>\n{problem.reasoning}\n</think>\n\n{problem.answer}"
 
 
 def mix_documents(text: Iterable[str], seed: int, synthetic_fraction: float = SYNTHETIC_FRACTION,
@@ -57,10 +64,11 @@ def mix_documents(text: Iterable[str], seed: int, synthetic_fraction: float = SY
 
 
 def styled_documents(problems: Iterable[Problem], shares: dict[str, float], seed: int) -> Iterator[str]:
-    """Each problem rendered in a style drawn with `shares`, from a generator of its own seed."""
+    """Each problem rendered in a style drawn with `shares`, DIALOGUE of them as transcripts, from a generator of
+    its own seed."""
     rng = random.Random(f"styles/{seed}")
     for p in problems:
-        yield render(styled(p, choose(shares, rng), TASKS[p.task].self_check(p), rng))
+        yield render(styled(p, choose(shares, rng), TASKS[p.task].self_check(p), rng), rng.random() < DIALOGUE)
 
 
 def _interleave(text: Iterable[str], synthetic_fraction: float, documents: Iterator[str]) -> Iterator[str]:

@@ -314,6 +314,9 @@ def rejection_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest completion (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--edge", action="store_true",
+                   help="keep only questions at the edge of competence: the greedy answer wrong, some sample right "
+                        "(one more greedy completion per question)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
@@ -324,10 +327,11 @@ def rejection_sample_run(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     config = RejectionConfig(checkpoint=args.checkpoint, prompts=args.prompts, k=args.k, temperature=args.temperature,
-                             max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device)
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, edge=args.edge, device=args.device)
     c = rejection_sample(config, args.out)
+    edge = f", {c['at_edge']} at the edge" if args.edge else ""
     print(f"kept {c['kept']} of {c['samples']} completions ({c['questions_solved']} of {c['questions']} questions "
-          f"have one); rejected: {rejected(c)}; wrote {args.out}")
+          f"have one{edge}); rejected: {rejected(c)}; wrote {args.out}")
 
 
 def distill_args(p: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ def claims(line: str) -> list[tuple[str, int]]:
 
 
 def parts(document: str) -> tuple[str, str, str]:
-    prompt, rest = document.split("\n<think>\n")
+    prompt, rest = document.split("<think>\n")
     reasoning, answer = rest.split("\n</think>\n\n")
     return prompt, reasoning.strip("\n"), answer
 

@@ -13,7 +13,7 @@ from nanoseek.data.tasks import TASKS, generate, save_jsonl, verify
 from nanoseek.tokenizer import EOS
 from nanoseek.train import rejection
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.rejection import RejectionConfig, false_step, judge, rejection_sample
+from nanoseek.train.rejection import RejectionConfig, at_edge, false_step, judge, rejection_sample
 from nanoseek.train.sft import SFTBatches, SFTConfig, read_rows
 
 TOKENIZER = default_tokenizer()
@@ -104,7 +104,7 @@ def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatc
     counts = rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5), out)
     assert counts | {"generated_tokens": 0, "context": 0} == {
         "questions": 2, "samples": 10, "truncated": 1, "format": 2, "language": 1, "incorrect": 1, "false_step": 1,
-        "duplicate": 1,
+        "duplicate": 1, "solved": 0,
         "kept": 3, "questions_solved": 2, "generated_tokens": 0, "context": 0}
     rows = list(read_rows(out))
     assert [(r["prompt"], r["reasoning"], r["answer"]) for r in rows] == [
@@ -114,6 +114,47 @@ def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatc
     assert all(verify(r, r["answer"]) for r in rows)
     batch = next(SFTBatches((str(out),), TOKENIZER, SFTConfig(), batch_size=3, seed=0))   # SFT reads them
     assert batch["input_ids"].shape[0] == 3
+
+
+@pytest.mark.parametrize("greedy, samples, expected", [
+    (False, [False, True, False], True),      # greedy wrong, a sample right: at the edge
+    (True, [False, True, False], False),      # solved greedily already
+    (False, [False, False], False),           # beyond reach
+    (True, [True, True], False),
+])
+def test_at_edge(greedy, samples, expected):
+    assert at_edge(greedy, samples) is expected
+
+
+class EdgeEngine(ScriptedEngine):
+    """Samples as ScriptedEngine (request j of the sampled ones: SCRIPT[j]); greedy requests answer GREEDY[j]."""
+
+    def stream(self, ids):
+        sampled = [r for r in ids if self.requests[r][1].temperature > 0]
+        greedy = [r for r in ids if self.requests[r][1].temperature == 0]
+        yield from super().stream(sampled)
+        for j, r in enumerate(greedy):
+            ids = TOKENIZER.encode(GREEDY[j])
+            yield SimpleNamespace(request_id=r, index=0, finish_reason="stop",
+                                  sequence=SimpleNamespace(output_ids=ids, tokens=list(self.requests[r][0]) + ids))
+
+
+GREEDY = [f"<think>\n2 + 3 = 6\n</think>\n\n6{EOS}", f"<think>\ntry 5 * 2 = 10: yes\n</think>\n\n5 * 2{EOS}"]
+
+
+def test_rejection_at_the_edge_keeps_only_questions_the_greedy_answer_misses(tmp_path, monkeypatch):
+    monkeypatch.setattr(rejection, "Engine", EdgeEngine)
+    checkpoint = tmp_path / "model"
+    save_checkpoint(small_model(vocab_size=TOKENIZER.vocab_size), checkpoint)
+    TOKENIZER.save(checkpoint)
+    prompts = tmp_path / "prompts.jsonl"
+    save_jsonl([ADD, COUNTDOWN], prompts)
+    out = tmp_path / "kept.jsonl"
+    # ADD: greedy '6' is wrong, two samples right -> at the edge, kept; COUNTDOWN: greedy right -> its one keepable
+    # sample is rejected as solved
+    counts = rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5, edge=True), out)
+    assert (counts["at_edge"], counts["solved"], counts["kept"], counts["questions_solved"]) == (1, 1, 2, 1)
+    assert [r["prompt"] for r in read_rows(out)] == [ADD.prompt, ADD.prompt]
 
 
 def test_rejection_sample_command(tmp_path, monkeypatch, capsys):
