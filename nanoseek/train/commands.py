@@ -234,8 +234,9 @@ def grpo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-truncated", action="store_true",
                    help="completions cut at --max-new-tokens take no loss (DAPO's overlong filtering)")
     p.add_argument("--dynamic-sampling", type=int, default=None, metavar="ROUNDS",
-                   help="replace the groups whose rewards are all equal with new questions, sampling at most ROUNDS "
-                        "rounds of --prompts-per-step questions a step (DAPO §3.2); 0 drops them only (default: 0)")
+                   help="keep the groups whose answers are neither all right nor all wrong and replace the others "
+                        "with new questions, sampling at most ROUNDS rounds of --prompts-per-step questions a step "
+                        "(DAPO §3.2); 0: off, groups whose rewards are all equal are dropped only (default: 0)")
     p.add_argument("--curriculum", default=None, metavar="LOW,HIGH",
                    help="move each task's level one up when its running pass rate is above HIGH, one down when below "
                         "LOW, e.g. 0.1,0.9 (the edge of competence, arXiv 2512.07783); starts at --difficulty "

@@ -66,10 +66,10 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return log_ratio.exp() - log_ratio - 1
 
 
-def groups_with_signal(rewards: torch.Tensor, wanted: int) -> list[int]:
-    """DAPO §3.2 dynamic sampling: the first `wanted` groups (rows of rewards (groups, G)) whose rewards are not all
-    equal, the groups kept from an over-sampled rollout."""
-    return (~zero_variance_groups(rewards)).nonzero().flatten()[:max(wanted, 0)].tolist()
+def groups_with_signal(accuracy: torch.Tensor, wanted: int) -> list[int]:
+    """DAPO §3.2 dynamic sampling: the first `wanted` groups (rows of accuracy rewards (groups, G)) that are neither
+    all right nor all wrong, the groups kept from an over-sampled rollout."""
+    return (~zero_variance_groups(accuracy)).nonzero().flatten()[:max(wanted, 0)].tolist()
 
 
 def clipped_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_eps: float,
@@ -180,8 +180,8 @@ class GRPOConfig:
     loss_agg: str = "sequence"            # "sequence" (DeepSeekMath Eq. 3) or "token" (DAPO, Dr. GRPO)
     adv_scale: str = "std"                # "std" (Â = (r - mean) / std) or "none" (Dr. GRPO: r - mean)
     mask_truncated: bool = False          # completions cut at max_new_tokens take no loss (DAPO's overlong filter)
-    dynamic_sampling: int = 0             # > 1: groups without signal refilled by new questions, at most this many
-                                          # sampling rounds a step (DAPO §3.2); 0 or 1: dropped only
+    dynamic_sampling: int = 0             # > 1: groups all right or all wrong refilled by new questions, at most
+                                          # this many sampling rounds a step (DAPO §3.2); 0 or 1: off
     curriculum: tuple[float, float] | None = None  # pass-rate band (low, high) of the level curriculum; None: off
     curriculum_levels: tuple[int, int] = (1, 5)    # the levels it moves between; it starts at `difficulty`
     curriculum_window: int = 64           # completions of a task's running pass rate
@@ -279,9 +279,11 @@ class Rollouts:
     questions, samples G completions of each with the current policy (the inference engine runs the model's own
     weights, so each rollout sees the latest update), scores them, and turns rewards into group-relative
     advantages; that batch then serves μ policy updates. Groups whose rewards are all equal carry no signal and
-    leave the batch; with dynamic sampling (DAPO §3.2) new questions are sampled in their place, a round of
-    `prompts_per_step` at a time, until the batch has its groups or the rounds run out; a rollout left with none is a
-    step without an update. With a curriculum each task's questions come at that task's current level.
+    leave the batch; with dynamic sampling (DAPO §3.2) the groups kept are those whose answers are neither all right
+    nor all wrong (the accuracy reward, as DAPO filters; a format reward alone would keep groups that teach only the
+    format), and new questions are sampled in place of the others, a round of `prompts_per_step` at a time, until the
+    batch has its groups or the rounds run out; a rollout left with none is a step without an update. With a
+    curriculum each task's questions come at that task's current level.
 
     Under torchrun each rank samples its own block of the questions with a plain copy of the policy (`sampler`,
     refreshed from the sharded policy before every rollout), the completions are gathered on every rank, and each
@@ -382,8 +384,8 @@ class Rollouts:
             if c.dynamic_sampling <= 1:
                 kept = [g for g in groups if not zero_variance_groups(g["total"].unsqueeze(0))[0]]
                 break
-            totals = torch.stack([g["total"] for g in groups])
-            kept += [groups[i] for i in groups_with_signal(totals, c.prompts_per_step - len(kept))]
+            accuracy = torch.tensor([[sc["acc"] for sc in g["scores"]] for g in groups])
+            kept += [groups[i] for i in groups_with_signal(accuracy, c.prompts_per_step - len(kept))]
             if len(kept) == c.prompts_per_step or rounds == c.dynamic_sampling:
                 break
         generation_s = time.perf_counter() - start

@@ -264,6 +264,7 @@ FLAT_RIGHT, FLAT_WRONG, MIXED = ["a", "a", "a", "a"], ["b", "b", "b", "b"], ["a"
 
 def test_dynamic_sampling_refills_the_groups_without_signal(init, monkeypatch):
     monkeypatch.setitem(rewards.REWARDS, "toy", a_is_right)
+    monkeypatch.setattr(grpo_module, "accuracy_reward", a_is_right)   # the groups are judged by their answers
     # 2 questions a step; round 1: q0 flat, q1 mixed; round 2: q2 flat, q3 mixed -> the step has its 2 groups
     script = [FLAT_RIGHT, MIXED, FLAT_WRONG, ["a", "a", "b", "b"], *[FLAT_WRONG] * 8]
     _, source = rollouts(init, group_size=4, prompts_per_step=2, dynamic_sampling=3, adv_scale="none")
@@ -280,6 +281,12 @@ def test_dynamic_sampling_refills_the_groups_without_signal(init, monkeypatch):
     _, plain = rollouts(init, group_size=4, prompts_per_step=2, adv_scale="none")   # without: q0 dropped only
     batch = next(scripted(plain, script))
     assert plain.logs()["sampling_rounds"] == 1 and batch["input_ids"].shape[0] == 4 and plain.questions == 2
+
+    # a format reward varies where every answer is wrong: dynamic sampling still drops such a group
+    monkeypatch.setitem(rewards.REWARDS, "toy", lambda text, problem=None: float(text.startswith("b")) / 2)
+    _, source = rollouts(init, group_size=4, prompts_per_step=2, dynamic_sampling=2)
+    batch = next(scripted(source, [["b", "c", "c", "c"], MIXED, ["c", "c", "b", "c"], FLAT_WRONG]))
+    assert source.logs()["groups"] == 1 and batch["input_ids"].shape[0] == 4      # q1 only: its answers differ
 
 
 def test_overlong_filtering_masks_truncated_completions(init, monkeypatch):
