@@ -93,15 +93,20 @@ SCRIPT = [
 ]
 
 
-def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(rejection, "Engine", ScriptedEngine)
+def sample(tmp_path, monkeypatch, engine, **settings):
+    """rejection_sample over ADD and COUNTDOWN with `engine` in place of the inference engine: (counts, out)."""
+    monkeypatch.setattr(rejection, "Engine", engine)
     checkpoint = tmp_path / "model"
     save_checkpoint(small_model(vocab_size=TOKENIZER.vocab_size), checkpoint)
     TOKENIZER.save(checkpoint)
     prompts = tmp_path / "prompts.jsonl"
     save_jsonl([ADD, COUNTDOWN], prompts)
     out = tmp_path / "kept.jsonl"
-    counts = rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5), out)
+    return rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5, **settings), out), out
+
+
+def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatch):
+    counts, out = sample(tmp_path, monkeypatch, ScriptedEngine)
     assert counts | {"generated_tokens": 0, "context": 0} == {
         "questions": 2, "samples": 10, "truncated": 1, "format": 2, "language": 1, "incorrect": 1, "false_step": 1,
         "duplicate": 1, "solved": 0,
@@ -143,16 +148,9 @@ GREEDY = [f"<think>\n2 + 3 = 6\n</think>\n\n6{EOS}", f"<think>\ntry 5 * 2 = 10: 
 
 
 def test_rejection_at_the_edge_keeps_only_questions_the_greedy_answer_misses(tmp_path, monkeypatch):
-    monkeypatch.setattr(rejection, "Engine", EdgeEngine)
-    checkpoint = tmp_path / "model"
-    save_checkpoint(small_model(vocab_size=TOKENIZER.vocab_size), checkpoint)
-    TOKENIZER.save(checkpoint)
-    prompts = tmp_path / "prompts.jsonl"
-    save_jsonl([ADD, COUNTDOWN], prompts)
-    out = tmp_path / "kept.jsonl"
     # ADD: greedy '6' is wrong, two samples right -> at the edge, kept; COUNTDOWN: greedy right -> its one keepable
     # sample is rejected as solved
-    counts = rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5, edge=True), out)
+    counts, out = sample(tmp_path, monkeypatch, EdgeEngine, edge=True)
     assert (counts["at_edge"], counts["solved"], counts["kept"], counts["questions_solved"]) == (1, 1, 2, 1)
     assert [r["prompt"] for r in read_rows(out)] == [ADD.prompt, ADD.prompt]
 
