@@ -121,7 +121,8 @@ def recipe(size: str = "default") -> Recipe:
 
     rl_rewards = "accuracy=1,format=0.5,language=0.1"
     # every RL stage measures itself on the held-out problems: greedily every tenth of its steps, pass@k at its ends
-    heldout = dict(heldout=4 if smoke else 100, pass_k=2 if smoke else 8)
+    heldout = {"default": dict(heldout=100, pass_k=8), "quick": dict(heldout=40, pass_k=4),
+               "smoke": dict(heldout=4, pass_k=2)}[size]
     grpo_base = dataclasses.replace(grpo_base, **heldout)
     # Reasoning RL: 16 questions per step (twice GRPOConfig's 8: more groups with a signal per update), the routing
     # bias left where SFT put it (γ = 0), so expert selection moves only by the reward's gradient, and GRPO without
