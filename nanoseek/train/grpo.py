@@ -581,10 +581,10 @@ def grpo(config: GRPOConfig, train_config: TrainConfig, out: str | Path, resume:
     sampler = copy.deepcopy(model).requires_grad_(False) if distributed.active() else None
     model = parallelize(model, expert_parallel=False)
     rollouts = Rollouts(model, ref, tokenizer, config, train_config.seed, sampler)
+    greedy = heldout_figures(tokenizer, config, 1) if config.heldout else None   # too many problems fail here
+    ends = heldout_figures(tokenizer, config, config.pass_k) if config.heldout and config.pass_k > 1 else None
     if not resume:
         save_run(out, {"stage": "grpo", "grpo": dataclasses.asdict(config), "train": dataclasses.asdict(train_config)})
-    greedy = heldout_figures(tokenizer, config, 1) if config.heldout else None
-    ends = heldout_figures(tokenizer, config, config.pass_k) if config.heldout and config.pass_k > 1 else None
     result = train(model, rollouts, grpo_loss_fn(config), train_config, out, evaluate=greedy, resume=resume,
                    desc="grpo", postfix=Progress(), evaluate_ends=ends)
     if not result.interrupted:

@@ -200,6 +200,7 @@ def test_grpo_command(init, tmp_path, capsys):
     fails(capsys, ["grpo", "--init", init, "--out", out, "--curriculum", "high"], "--curriculum 'high'")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--template", "r1-zero", "--few-shot", "1"], "choose one")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--template", "plain"], "template 'plain'")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--heldout", "5000"], "ask for at most")
     assert not out.exists()
     main(["grpo", "--init", init, "--out", str(out), "--max-steps", "2", "--group-size", "4", "--prompts-per-step",
           "2", "--max-new-tokens", "8", "--rewards", "format=1,length=0.1", "--threads", "1",
