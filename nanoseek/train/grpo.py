@@ -212,7 +212,8 @@ class GRPOConfig:
         if self.curriculum is not None:
             band = tuple(self.curriculum)
             if len(band) != 2 or not all(isinstance(v, (int, float)) for v in band) or not 0 <= band[0] < band[1] <= 1:
-                raise ConfigError(f"curriculum band {self.curriculum!r}: expected (low, high) with 0 <= low < high <= 1")
+                raise ConfigError(f"curriculum band {self.curriculum!r}: expected (low, high), "
+                                  f"0 <= low < high <= 1")
             lo, hi = self.curriculum_levels
             if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 5):
                 raise ConfigError(f"curriculum levels {self.curriculum_levels!r}: expected (lowest, highest) in 1..5")
@@ -437,13 +438,18 @@ class Rollouts:
             figures["reward_errors"] = sum(self.rewards.errors.values())
         return {k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}
 
+    def refresh_sampler(self) -> Transformer:
+        """Under torchrun: the plain copy of the policy with the sharded policy's current weights (a collective:
+        every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        self.sampler.load_state_dict(get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True)))
+        return self.sampler
+
     def _sample_sharded(self, prompts: list[list[int]], first: int) -> list[list[int]]:
         """`_sample` with this rank's block of the questions, on the policy's current weights; every rank gets
         all the completions."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        self.sampler.load_state_dict(full)
+        self.refresh_sampler()
         mine, ghost = distributed.block(list(range(len(prompts))))
         completions = [] if ghost else self._sample([prompts[j] for j in mine], first + mine[0])
         return [c for part in distributed.all_gather(completions) for c in part]
@@ -544,10 +550,12 @@ class Progress:
         return shown
 
 
-def heldout_figures(tokenizer: Tokenizer, config: GRPOConfig, samples: int) -> Callable[[Transformer], dict]:
+def heldout_figures(tokenizer: Tokenizer, config: GRPOConfig, samples: int,
+                    rollouts: Rollouts) -> Callable[[Transformer], dict]:
     """The held-out evaluation of a GRPO run: config.heldout eval-split problems at config.difficulty in the run's
     prompt, greedily (samples = 1: accuracy, format rate, length, self-check and correction shares) or by `samples`
-    completions at the sampling temperature (pass@1 as the mean accuracy of the samples, pass@k)."""
+    completions at the sampling temperature (pass@1 as the mean accuracy of the samples, pass@k). Under torchrun
+    rank 0 alone evaluates, on the rollouts' plain copy of the policy (the other ranks only help gather it)."""
     problems = eval_problems(config.heldout, config.difficulty)
     settings = EvalConfig(n=config.heldout, difficulty=config.difficulty, samples=samples,
                           temperature=config.temperature if samples > 1 else 0.0, max_new_tokens=config.max_new_tokens,
@@ -555,6 +563,10 @@ def heldout_figures(tokenizer: Tokenizer, config: GRPOConfig, samples: int) -> C
                           seed=PROMPT_SEED)
 
     def figures(model: Transformer) -> dict:
+        if rollouts.sharded:
+            model = rollouts.refresh_sampler()
+            if not distributed.is_main():
+                return {}
         found = evaluate(model, tokenizer, problems, settings)
         if samples > 1:
             return {"heldout_pass@1": found["accuracy"], f"heldout_pass@{samples}": found[f"pass@{samples}"]}
@@ -581,8 +593,8 @@ def grpo(config: GRPOConfig, train_config: TrainConfig, out: str | Path, resume:
     sampler = copy.deepcopy(model).requires_grad_(False) if distributed.active() else None
     model = parallelize(model, expert_parallel=False)
     rollouts = Rollouts(model, ref, tokenizer, config, train_config.seed, sampler)
-    greedy = heldout_figures(tokenizer, config, 1) if config.heldout else None   # too many problems fail here
-    ends = heldout_figures(tokenizer, config, config.pass_k) if config.heldout and config.pass_k > 1 else None
+    greedy = heldout_figures(tokenizer, config, 1, rollouts) if config.heldout else None   # too many problems fail
+    ends = heldout_figures(tokenizer, config, config.pass_k, rollouts) if config.heldout and config.pass_k > 1 else None
     if not resume:
         save_run(out, {"stage": "grpo", "grpo": dataclasses.asdict(config), "train": dataclasses.asdict(train_config)})
     result = train(model, rollouts, grpo_loss_fn(config), train_config, out, evaluate=greedy, resume=resume,
