@@ -184,7 +184,9 @@ def _grpo_plots(run: Path, records: list[dict], series, save, plt) -> None:
             ax.step(steps, [r["levels"][task] for r in levelled], where="post", label=task)
             pairs = [(r["step"], r["pass_rate"][task]) for r in levelled if r["pass_rate"].get(task) is not None]
             rates.plot([s for s, _ in pairs], [v for _, v in pairs], label=task)
-        ax.set(ylabel="level", title=f"curriculum: {run.name}")
+        levels = [v for r in levelled for v in r["levels"].values()]
+        ax.set(ylabel="level", title=f"curriculum: {run.name}", ylim=(min(levels) - 0.5, max(levels) + 0.5),
+               yticks=range(min(levels), max(levels) + 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         rates.set(xlabel="step", ylabel="running pass rate", ylim=(-0.02, 1.02))
