@@ -74,8 +74,8 @@ class Stage:
     settings: object                # the stage's config (PretrainConfig, SFTConfig, GRPOConfig, RejectionSFT,
                                     # DistillConfig) or, to quantize, the format
     train: TrainConfig | None       # None: a stage that does not train (quantize)
-    few_shot: int = 0               # the evaluation prompt: the template the stage was trained with (few_shot > 0:
-    template: str = "chat"          # worked examples; else "chat" or "r1-zero")
+    few_shot: int = 0               # the evaluation prompt, the one the stage was trained with: worked examples,
+    template: str = "chat"          # or without them "chat" or "r1-zero"
     about: str = ""
 
 
