@@ -336,7 +336,8 @@ COMMANDS = {
                  pretrain_run),
     "sft": ("fine-tune on chat-template conversations, loss on assistant tokens only", sft_args, sft_run),
     "eval": ("accuracy, format rate, pass@k / maj@k on verifiable problems; MTP accuracy", eval_args, eval_run),
-    "plot": ("PNG plots of a training run: loss, learning rate, expert load, throughput", plot_args, plot_run),
+    "plot": ("PNG plots of a training run: loss, learning rate, expert load, throughput; RL: reward, length, held-out "
+             "accuracy, self-checks and corrections, curriculum levels", plot_args, plot_run),
     "quantize": ("write a checkpoint as bf16, int8, int4 or FP8 (DeepSeek's block layout)", quantize_args,
                  quantize_run),
     "checkpoint": ("consolidate a distributed (torchrun) checkpoint into one; export to Hugging Face's layout",

@@ -17,13 +17,19 @@ resumes a stage that was interrupted. The stages are a list.
 Departures from the paper: R1 §2.3.3 fine-tunes the base model again on the rejection-sampled data; at this scale
 and budget we continue from the RL checkpoint (rejection-sampling fine-tuning), which the final RL stage then
 refines. The reasoning RL stages drop GRPO's KL term, std scaling and length normalisation (Dr. GRPO), which
-learned faster here (see `recipe`). R1-Zero's prompt is the base model's own format, worked examples of the task
-before the question (R1 §2.2.1 gives a base model a plain-text template; ours is the pretraining documents' layout).
+learned faster here (see `recipe`); R1-Zero adds DAPO's clip-higher, dynamic sampling and overlong filtering and a
+curriculum over the tasks' levels. Rejection sampling keeps the questions at the edge of the policy's competence
+(greedy answer wrong, a sample right) and replays cold-start data beside them.
+
+Every RL stage measures R1's phenomena on held-out problems as it trains (accuracy, response length, the shares of
+self-checks and corrections, pass@1 and pass@8 at its start and end); report.md shows R1-Zero's curves (R1 Fig. 2 and
+Fig. 3) and compares the RL stages on the same problems (R1 Table 2).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -57,6 +63,7 @@ from nanoseek.train.state import TRAINER, checkpoint_dirs, latest_checkpoint
 STAGE = "stage.json"      # a stage's record: written last, so its presence means the stage is done
 TRAINED = "trained.json"  # a stage's training figures, written before its evaluation
 REJECTION_SEED = 31337    # rejection sampling's questions: train-split problems none of the other stages drew
+REPLAY_SEED = 27183       # the replayed cold-start problems of rejection-sft
 
 
 @dataclass(frozen=True)
@@ -67,16 +74,21 @@ class Stage:
     settings: object                # the stage's config (PretrainConfig, SFTConfig, GRPOConfig, RejectionSFT,
                                     # DistillConfig) or, to quantize, the format
     train: TrainConfig | None       # None: a stage that does not train (quantize)
-    few_shot: int = 0               # the evaluation prompt: the template the stage was trained with
+    few_shot: int = 0               # the evaluation prompt, the one the stage was trained with: worked examples,
+    template: str = "chat"          # or without them "chat" or "r1-zero"
     about: str = ""
 
 
 @dataclass(frozen=True)
 class RejectionSFT:
-    """The rejection-sft stage's settings: how many train-split questions to sample, how, and the SFT after."""
+    """The rejection-sft stage's settings: how many train-split questions to sample, at which levels (in turn), how
+    (sampling.edge: only questions at the edge of competence), the replay of cold-start data (worked problems at the
+    pipeline's level, `replay` rows per kept row, shuffled in) and the SFT after."""
     questions: int
     sampling: RejectionConfig
     sft: SFTConfig
+    levels: tuple[int, ...] = (DIFFICULTY,)
+    replay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,14 @@ def recipe(size: str = "default") -> Recipe:
                    "save_every": max(1, steps // 2), **changes, **short}
         return dataclasses.replace(base, **changes)
 
+    def rl_budget(steps: int, **changes) -> TrainConfig:
+        return budget(GRPO_TRAIN, steps, eval_every=max(1, steps // 10), **changes)
+
     rl_rewards = "accuracy=1,format=0.5,language=0.1"
+    # every RL stage measures itself on the held-out problems: greedily every tenth of its steps, pass@k at its ends
+    heldout = {"default": dict(heldout=100, pass_k=8), "quick": dict(heldout=40, pass_k=4),
+               "smoke": dict(heldout=4, pass_k=2)}[size]
+    grpo_base = dataclasses.replace(grpo_base, **heldout)
     # Reasoning RL: 16 questions per step (twice GRPOConfig's 8: more groups with a signal per update), the routing
     # bias left where SFT put it (γ = 0), so expert selection moves only by the reward's gradient, and GRPO without
     # its two biases (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783): advantages r - mean without the std, and no
@@ -116,6 +135,14 @@ def recipe(size: str = "default") -> Recipe:
     # 520 +10.4 (rollout accuracy 32% -> 46%), at 1.2-1.6 s a step on 2 AMD EPYC cores.
     reasoning_rl = dataclasses.replace(grpo_base, rewards=rl_rewards, prompts_per_step=2 if smoke else 16, beta=0.0,
                                        loss_agg="token", adv_scale="none")
+    # R1-Zero (R1 §2.2): from the base, R1's plain-text template, accuracy and format rewards only, with what the
+    # follow-ups found works: Dr. GRPO's objective (no std, token-level mean), no KL, DAPO's clip-higher (ε 0.2 /
+    # 0.28, §3.1), dynamic sampling (§3.2) and overlong filtering (§3.4), and questions at the edge of competence
+    # (each task's level moved to keep its pass rate in 10-90%, arXiv 2512.07783).
+    zero_rl = dataclasses.replace(grpo_base, template="r1-zero", beta=0.0, loss_agg="token", adv_scale="none",
+                                  clip_eps_high=0.28, dynamic_sampling=4, mask_truncated=True, curriculum=(0.1, 0.9))
+    # the final RL stage trains where the policy's competence now ends: the same curriculum, from level 1
+    final_rl = dataclasses.replace(reasoning_rl, curriculum=(0.1, 0.9))
     # R1 §2.4 distils into pretrained bases (Qwen2.5, Llama 3), so the student is first pretrained like the teacher,
     # on the same mix for as many steps. The teacher answers these train-split questions 4 times each, and the
     # student takes these SFT steps on the verified answers (distill.DEFAULT_TRAIN's). Measured with a 37.0% teacher,
@@ -129,21 +156,23 @@ def recipe(size: str = "default") -> Recipe:
         Stage("pretrain", "pretrain", None, PretrainConfig(seq_len=64 if smoke else 256),
               budget(PRETRAIN_TRAIN, steps["pretrain"]), few_shot=1,
               about="next-token + MTP pretraining on text and worked problems"),
-        Stage("r1-zero", "grpo", "pretrain", dataclasses.replace(grpo_base, few_shot=1),
-              budget(GRPO_TRAIN, steps["zero"]), few_shot=1,
-              about="GRPO from the base; accuracy + format rewards"),
+        Stage("r1-zero", "grpo", "pretrain", zero_rl, rl_budget(steps["zero"]), template="r1-zero",
+              about="GRPO from the base, R1's plain-text template; accuracy + format rewards"),
         Stage("sft", "sft", "pretrain", SFTConfig(seq_len=64 if smoke else 256), budget(SFT_TRAIN, steps["sft"]),
               about="cold start on worked reasoning traces"),
-        Stage("grpo", "grpo", "sft", reasoning_rl, budget(GRPO_TRAIN, steps["grpo"], bias_update_speed=0.0),
+        Stage("grpo", "grpo", "sft", reasoning_rl, rl_budget(steps["grpo"], bias_update_speed=0.0),
               about="reasoning RL; accuracy + format + language-consistency rewards"),
+        # expert iteration at the edge of competence (STaR, ReST): questions of levels 1-3 whose greedy answer is
+        # wrong but some of 4 samples right, the verified samples kept, replayed with as much cold-start data
         Stage("rejection-sft", "rejection-sft", "grpo",
               RejectionSFT(steps["questions"], RejectionConfig(checkpoint="", prompts="", k=4, seed=REJECTION_SEED,
-                                                               max_new_tokens=16 if smoke else 192),
-                           SFTConfig(seq_len=64 if smoke else 512)),
+                                                               max_new_tokens=16 if smoke else 192, edge=True),
+                           SFTConfig(seq_len=64 if smoke else 512), levels=(1, 2, 3), replay=1.0),
               budget(SFT_TRAIN, steps["rft"], lr=3e-4),
-              about=f"rejection sampling of {steps['questions']} questions x 4, then SFT on what is kept"),
-        Stage("grpo-final", "grpo", "rejection-sft", reasoning_rl,
-              budget(GRPO_TRAIN, steps["final"], bias_update_speed=0.0), about="the last RL stage"),
+              about=f"rejection sampling of {steps['questions']} questions x 4 at levels 1-3, the edge of "
+                    f"competence kept, then SFT on it with a replay of cold-start data"),
+        Stage("grpo-final", "grpo", "rejection-sft", final_rl, rl_budget(steps["final"], bias_update_speed=0.0),
+              about="the last RL stage, its levels moved by the curriculum"),
         Stage("pretrain-student", "pretrain", None, PretrainConfig(preset="tiny-student", seq_len=64 if smoke else 256),
               budget(PRETRAIN_TRAIN, steps["pretrain"]), few_shot=1,
               about="the dense student's own base: next-token pretraining on the same text and worked problems"),
@@ -209,12 +238,13 @@ def run_stage(ctx: Context, stage: Stage) -> dict:
     model = load_checkpoint(folder)
     figures = evaluate(model, Tokenizer.from_dir(folder), eval_problems(ctx.recipe.eval_problems),
                        EvalConfig(n=ctx.recipe.eval_problems, max_new_tokens=ctx.recipe.eval_max_new_tokens,
-                                  few_shot=stage.few_shot, batch_size=100, mtp_sequences=0))
+                                  few_shot=stage.few_shot, template=stage.template, batch_size=100, mtp_sequences=0))
     if (folder / METRICS).is_file():
         plot_run(folder)
     flops = trained["flops"]
     record = {"name": stage.name, "init": stage.init, "accuracy": figures["accuracy"],
               "format_rate": figures["format_rate"], "mean_length": figures["mean_response_tokens"],
+              "self_check_rate": figures["self_check_rate"], "correction_rate": figures["correction_rate"],
               "accuracy_by_task": figures["accuracy_by_task"], "eval_prompt": figures["prompt"],
               "seconds": trained["seconds"], "eval_seconds": time.perf_counter() - start,
               "tokens": trained["tokens"], "generated_tokens": trained.get("generated_tokens", 0), "flops": flops,
@@ -266,9 +296,17 @@ def run_grpo(ctx: Context, stage: Stage, folder: Path) -> dict:
     trained["tokens"] += generated
     trained["generated_tokens"] = generated
     k = max(1, len(rollouts) // 5)   # the reward curve's two ends: the first and last fifth of the rollouts
-    for key in ("reward", "accuracy", "format_rate", "completion_len"):
+    for key in ("reward", "accuracy", "format_rate", "completion_len", "self_check", "correction"):
         trained[f"train_{key}_first"] = sum(r[key] for r in rollouts[:k]) / k if rollouts else None
         trained[f"train_{key}_last"] = sum(r[key] for r in rollouts[-k:]) / k if rollouts else None
+    # the held-out figures at the start (step 0) and the end of training, greedy and pass@k (GRPOConfig.heldout)
+    heldout = [r for r in read_metrics(folder / METRICS) if "heldout_accuracy" in r]
+    if heldout:
+        trained["heldout_start"] = {k: v for k, v in heldout[0].items() if k.startswith("heldout_")}
+        trained["heldout_end"] = {k: v for k, v in heldout[-1].items() if k.startswith("heldout_")}
+    levels = [r["levels"] for r in rollouts if r.get("levels")]
+    if levels:
+        trained["levels_last"] = levels[-1]
     return trained
 
 
@@ -280,8 +318,7 @@ def run_rejection_sft(ctx: Context, stage: Stage, folder: Path) -> dict:
     start = time.perf_counter()
     if not (data / "counts.json").is_file():
         data.mkdir(parents=True, exist_ok=True)
-        # the level every other stage trains and evaluates at (the tasks' own default is harder)
-        save_jsonl(generate_mix(stage.settings.questions, REJECTION_SEED, "train", DIFFICULTY), data / "prompts.jsonl")
+        save_jsonl(rejection_prompts(stage.settings), data / "prompts.jsonl")
         config = dataclasses.replace(stage.settings.sampling, checkpoint=_init(ctx, stage),
                                      prompts=str(data / "prompts.jsonl"))
         counts = rejection_sample(config, data / "samples.jsonl")
@@ -299,14 +336,34 @@ def run_rejection_sft(ctx: Context, stage: Stage, folder: Path) -> dict:
         shutil.copytree(ctx.out / stage.init, folder, ignore=shutil.ignore_patterns("checkpoints", STAGE, TRAINED))
         return {"seconds": counts["seconds"], "tokens": generated, "flops": sampling_flops,
                 "generated_tokens": generated, "rows": 0, "rejection": counts}
-    steps = min(stage.train.max_steps, max(1, round(2 * counts["kept"] / stage.train.batch_size)))
+    rows = with_replay(data / "samples.jsonl", stage.settings.replay, data / "train.jsonl")
+    steps = min(stage.train.max_steps, max(1, round(2 * rows / stage.train.batch_size)))
     sub = dataclasses.replace(stage, train=dataclasses.replace(stage.train, max_steps=steps,
                                                                save_every=min(stage.train.save_every, steps)))
-    settings = dataclasses.replace(stage.settings.sft, init=_init(ctx, stage), data=(str(data / "samples.jsonl"),))
+    settings = dataclasses.replace(stage.settings.sft, init=_init(ctx, stage), data=(str(data / "train.jsonl"),))
     trained = _train_stage(ctx, sub, folder, sft, settings)
     return {"seconds": trained["seconds"] + counts["seconds"], "tokens": trained["tokens"] + generated,
             "flops": trained["flops"] + sampling_flops, "steps": trained["steps"], "generated_tokens": generated,
-            "rows": counts["kept"], "rejection": counts}
+            "rows": counts["kept"], "replayed": rows - counts["kept"], "rejection": counts}
+
+
+def rejection_prompts(settings: RejectionSFT) -> list:
+    """The rejection-sampling questions: train-split problems of the all-task mix, settings.questions of them, the
+    levels in turn."""
+    per_level = -(-settings.questions // len(settings.levels))
+    mixes = [generate_mix(per_level, REJECTION_SEED, "train", level) for level in settings.levels]
+    return [p for row in zip(*mixes) for p in row][:settings.questions]
+
+
+def with_replay(kept: Path, replay: float, out: Path) -> int:
+    """The kept rows and round(replay x their number) cold-start rows (generated worked problems at the pipeline's
+    level, as the sft stage reads them), shuffled together into `out`; returns the rows written."""
+    rows = kept.read_text().splitlines()
+    fresh = generate_mix(round(replay * len(rows)), REPLAY_SEED, "train", DIFFICULTY)
+    rows += [json.dumps(p.to_row()) for p in fresh]
+    random.Random(REPLAY_SEED).shuffle(rows)
+    write_atomic(out, "".join(row + "\n" for row in rows))
+    return len(rows)
 
 
 def run_distill(ctx: Context, stage: Stage, folder: Path) -> dict:
@@ -399,9 +456,41 @@ def write_report(ctx: Context) -> None:
                          f"{r['weight_bytes'] / r['init_weight_bytes']:.2f}x {r['init']}'s (float32, embeddings and "
                          f"norms included); accuracy {100 * (r['accuracy'] - teacher['accuracy']):+.1f} points")
     lines.append("")
+    lines += rl_table(records)
     for r in records:
         folder = Path(r["checkpoint"])
-        plots = [p for p in ("reward.png", "length.png", "loss.png") if (folder / p).is_file()]
+        plots = [p for p in ("heldout.png", "length.png", "behaviour.png", "reward.png", "levels.png", "loss.png")
+                 if (folder / p).is_file()]
         if plots:
             lines += [f"## {r['name']}", "", *(f"![{r['name']} {p[:-4]}]({r['name']}/{p})" for p in plots), ""]
     write_atomic(ctx.out / "report.md", "\n".join(lines))
+
+
+def rl_table(records: list[dict]) -> list[str]:
+    """R1 Table 2 and Figs. 2-3 in miniature: each RL stage at the start and the end of its training, on the same
+    held-out problems (GRPOConfig.heldout of them, each stage in its own prompt), greedy accuracy, pass@1 and pass@k
+    of samples at the rollout temperature, mean response length, format rate and the share of responses with a
+    self-check; R1-Zero's curves are its heldout.png and length.png below."""
+    rl = [r for r in records if r.get("heldout_start")]
+    if not rl:
+        return []
+    k = next((key.split("@")[1] for key in rl[0]["heldout_start"] if key.startswith("heldout_pass@")
+              and key != "heldout_pass@1"), None)
+    lines = ["## The RL stages on held-out problems (R1 Table 2, Figs. 2-3)", "",
+             "Each RL stage at its first and last step, on the same held-out problems (greedy, and "
+             f"{'pass@1 / pass@' + k + ' of samples at the rollout temperature' if k else 'no sampling'}); "
+             "R1-Zero's first row is the base model under R1-Zero's template.", "",
+             f"| stage | step | accuracy | pass@1 | pass@{k or 'k'} | mean length | format rate | with a self-check "
+             f"| with a correction |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def cell(figures: dict, key: str, unit: str = "%") -> str:
+        value = figures.get(key)
+        return "-" if value is None else f"{value:.1%}" if unit == "%" else f"{value:.0f}"
+
+    for r in rl:
+        for when, figures in (("start", r["heldout_start"]), ("end", r.get("heldout_end", {}))):
+            lines.append(f"| {r['name']} | {when} | {cell(figures, 'heldout_accuracy')} "
+                         f"| {cell(figures, 'heldout_pass@1')} | {cell(figures, f'heldout_pass@{k}')} "
+                         f"| {cell(figures, 'heldout_length', 'tokens')} | {cell(figures, 'heldout_format_rate')} "
+                         f"| {cell(figures, 'heldout_self_check')} | {cell(figures, 'heldout_correction')} |")
+    return lines + [""]

@@ -1,5 +1,6 @@
 """Tests for nanoseek/pipeline.py (`nanoseek run`): the smoke recipe end to end, what it writes, that every stage's
 checkpoint serves and exports, and that a second run redoes nothing; the quick recipe as a slow test."""
+import dataclasses
 import json
 import time
 
@@ -25,6 +26,11 @@ def check_report(out):
     report = (out / "report.md").read_text()
     assert "| stage | from | accuracy | format rate | mean length | wall time | tokens processed |" in report
     assert "![r1-zero reward](r1-zero/reward.png)" in report and (out / "r1-zero" / "reward.png").is_file()
+    assert "![r1-zero heldout](r1-zero/heldout.png)" in report and "![r1-zero length](r1-zero/length.png)" in report
+    for name in ("r1-zero", "grpo", "grpo-final"):           # R1 Table 2: every RL stage at its start and its end
+        assert f"| {name} | start |" in report and f"| {name} | end |" in report
+    zero = next(s for s in stages if s["name"] == "r1-zero")
+    assert zero["eval_prompt"] == "R1-Zero template" and "heldout_pass@2" in zero["heldout_end"]
     return stages
 
 
@@ -72,3 +78,23 @@ def test_quick_run(tmp_path):
     print(f"nanoseek run --quick: {(time.perf_counter() - start) / 60:.1f} min")
     grpo = next(s for s in stages if s["name"] == "grpo")
     assert grpo["format_rate"] >= 0.9
+
+
+def test_rejection_questions_take_the_levels_in_turn_and_replay_mixes_in_cold_start_rows(tmp_path):
+    from nanoseek.data.tasks import TASKS, verify
+    from nanoseek.pipeline import RejectionSFT, rejection_prompts, with_replay
+    from nanoseek.train.rejection import RejectionConfig
+    from nanoseek.train.sft import SFTConfig
+
+    settings = RejectionSFT(10, RejectionConfig(checkpoint="", prompts=""), SFTConfig(), levels=(1, 3), replay=1.5)
+    prompts = rejection_prompts(settings)
+    assert len(prompts) == 10 and {p.task for p in prompts} == set(TASKS)
+    level_one = rejection_prompts(dataclasses.replace(settings, levels=(1,), questions=5))
+    assert prompts[0::2] == level_one                         # levels 1 and 3 in turn
+    assert prompts[1::2] != level_one
+    kept = tmp_path / "samples.jsonl"
+    kept.write_text("".join(json.dumps(p.to_row() | {"reasoning": "mine"}) + "\n" for p in prompts[:4]))
+    assert with_replay(kept, settings.replay, tmp_path / "train.jsonl") == 4 + 6
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert sum(r["reasoning"] == "mine" for r in rows) == 4 and all(verify(r, r["answer"]) for r in rows)
+    assert [r["reasoning"] == "mine" for r in rows] != [True] * 4 + [False] * 6   # shuffled together

@@ -110,4 +110,18 @@ def make(rng: random.Random, level: int) -> Problem:
     return Problem(task="arithmetic", prompt=f"What is {a} {op} {b}?", reasoning="\n".join(lines), answer=str(value))
 
 
-TASK = Task(name="arithmetic", make=make, check=check_number, default_difficulty=2)
+def self_check(problem: Problem) -> str:
+    """The result checked by the inverse operation: a sum by subtraction, a difference by addition, a product by
+    division."""
+    a, op, b = problem.prompt.removeprefix("What is ").removesuffix("?").split()
+    a, b, value = int(a), int(b), int(problem.answer)
+    if op == "+":
+        return f"check: {value} - {b} = {a}"
+    if op == "*":
+        return f"check: {value} / {b} = {a}"
+    if value >= 0:
+        return f"check: {value} + {b} = {a}"
+    return f"check: {-value} + {a} = {b}"  # a - b = -(b - a)
+
+
+TASK = Task(name="arithmetic", make=make, check=check_number, self_check=self_check, default_difficulty=2)

@@ -101,4 +101,17 @@ def check(problem: Problem, text: str) -> bool:
     return value(tree.body, used) == problem.target and not Counter(used) - Counter(problem.numbers)
 
 
-TASK = Task(name="countdown", make=make, check=check, default_difficulty=2)
+INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
+
+
+def self_check(problem: Problem) -> str:
+    """The last combination undone (the target with the inverse operation and the right part gives the left
+    part), and the numbers used, each one given."""
+    tree = ast.parse(problem.answer, mode="eval").body
+    used: list[int] = []
+    left, right = value(tree.left, used), value(tree.right, used)
+    return (f"check: {problem.target} {INVERSE[AST_OPS[type(tree.op)]]} {right} = {left}; uses "
+            f"{', '.join(map(str, sorted(used)))}, each given")
+
+
+TASK = Task(name="countdown", make=make, check=check, self_check=self_check, default_difficulty=2)

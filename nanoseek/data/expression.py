@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import random
+import re
 from dataclasses import dataclass
 
 from nanoseek.data.problem import Problem, Task, check_number
@@ -96,4 +97,17 @@ def make(rng: random.Random, level: int) -> Problem:
                            answer=str(tokens[0]))
 
 
-TASK = Task(name="expression", make=make, check=check_number, default_difficulty=2)
+def self_check(problem: Problem) -> str:
+    """The last operation undone: its result, with the inverse operation and the second operand, gives back the
+    first (a product by division, unless the divisor would be 0)."""
+    a, op, b, r = re.fullmatch(r"\w+: (\d+) ([-+*]) (\d+) = (\d+)", problem.reasoning.splitlines()[-1]).groups()
+    if op == "+":
+        return f"check: {r} - {b} = {a}"
+    if op == "-":
+        return f"check: {r} + {b} = {a}"
+    if int(b):
+        return f"check: {r} / {b} = {a}"
+    return f"check: {b} * {a} = {r}"
+
+
+TASK = Task(name="expression", make=make, check=check_number, self_check=self_check, default_difficulty=2)

@@ -13,6 +13,8 @@ Levels: 1 `x + b = d` (numbers within 21); 2 `ax + b = d`; 3 `ax + b = cx + d`; 
 1's few hundred equations from repeating in the held-out set."""
 from __future__ import annotations
 
+import ast
+import operator
 import random
 import re
 
@@ -81,4 +83,34 @@ def make(rng: random.Random, level: int) -> Problem:
     return Problem(task="linear", prompt=f"Solve for {unknown}: {text}", reasoning=reasoning, answer=str(x))
 
 
-TASK = Task(name="linear", make=make, check=check_number, default_difficulty=2)
+def substitute(side: str, unknown: str, x: int) -> str:
+    """A side of the equation with the unknown replaced by x, products written out: '2(n + 3)' -> '2*(5 + 3)'."""
+    v = str(x) if x >= 0 else f"({x})"
+    side = re.sub(r"(\d)\(", r"\1*(", side)
+    side = re.sub(rf"(\d){unknown}(?![a-z])", rf"\g<1>*{v}", side)
+    return re.sub(rf"(?<![a-z]){unknown}(?![a-z])", v, side)
+
+
+def _value(node: ast.AST) -> int:
+    """The value of a substituted side: integers, + - *, unary minus and brackets."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp):
+        return -_value(node.operand)
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+    return ops[type(node.op)](_value(node.left), _value(node.right))
+
+
+def self_check(problem: Problem) -> str:
+    """The solution substituted back: each side that holds the unknown worked out, both equal."""
+    unknown, equation = problem.prompt.removeprefix("Solve for ").split(": ", 1)
+    x = int(problem.answer)
+    worked = []
+    for side in equation.split(" = "):
+        if re.search(rf"(?<![a-z]){unknown}(?![a-z])", side):
+            text = substitute(side, unknown, x)
+            worked.append(f"{text} = {_value(ast.parse(text, mode='eval').body)}")
+    return f"check: {unknown} = {x}: " + "; ".join(worked)
+
+
+TASK = Task(name="linear", make=make, check=check_number, self_check=self_check, default_difficulty=2)

@@ -12,6 +12,12 @@ then the answer), so a base model has already seen the format that GRPO's format
 
     936
 
+Each problem comes in one of several trace styles (`data.styles`): the answer alone, the worked steps, the steps with
+a self-check, or, rarely, with a slip caught and corrected. A share of them (DIALOGUE) is laid out as a transcript,
+`User: What is 347 + 589?` then `Assistant: <think>...`, as web text has question-and-answer threads: R1-Zero's
+plain-text template (R1 §2.2.1) ends in `User: question` and `Assistant:`, and a base model follows such a template
+only if it has read that layout (ours reads no other dialogue: its text is the standard library's docstrings).
+
 The synthetic share defaults to 0.3 of the text, counted in characters (a tokenizer-free
 stand-in for tokens, the unit in which a corpus's shares are given; counted in documents, 0.3 of
 them held only 14% of the text, the problems being short). DeepSeek-V3 (§4.1) raised the share of
@@ -25,33 +31,49 @@ no target is dropped. Its `state_dict()` (documents consumed, offset into the ne
 resumes the same stream at the same token."""
 from __future__ import annotations
 
+import random
 from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 from nanoseek.data.problem import Problem
-from nanoseek.data.tasks import stream_mix
+from nanoseek.data.styles import DEFAULT_STYLES, choose, parse_styles, styled
+from nanoseek.data.tasks import TASKS, stream_mix
 from nanoseek.errors import ConfigError, DataError
 
 SYNTHETIC_FRACTION = 0.3
+DIALOGUE = 0.3  # the share of problems rendered as a transcript (User: / Assistant:), the layout of R1-Zero's template
 
 
-def render(problem: Problem) -> str:
-    return f"{problem.prompt}\n<think>\n{problem.reasoning}\n</think>\n\n{problem.answer}"
+def render(problem: Problem, dialogue: bool = False) -> str:
+    """The problem as a document: the question on its own line, or (dialogue) as a transcript's turns, `User: ...`
+    then `Assistant: ...`; then the thinking and the answer."""
+    head = f"User: {problem.prompt}\nAssistant: " if dialogue else f"{problem.prompt}\n"
+    return f"{head}<think>\n{problem.reasoning}\n</think>\n\n{problem.answer}"
 
 
 def mix_documents(text: Iterable[str], seed: int, synthetic_fraction: float = SYNTHETIC_FRACTION,
-                  split: str = "train", difficulty: int | None = None) -> Iterator[str]:
-    """The text documents in order, each followed by as many problems of the all-task mix (rendered)
-    as keep the problems' share of all characters so far at most `synthetic_fraction`; ends when
-    the text does (1.0: problems only, endless). Deterministic for a given seed and text."""
+                  split: str = "train", difficulty: int | None = None, styles: str = DEFAULT_STYLES) -> Iterator[str]:
+    """The text documents in order, each followed by as many problems of the all-task mix (rendered, each in a
+    trace style drawn with the shares of `styles`, `data.styles`) as keep the problems' share of all characters so
+    far at most `synthetic_fraction`; ends when the text does (1.0: problems only, endless). Deterministic for a
+    given seed and text."""
     if not 0 <= synthetic_fraction <= 1:
         raise ConfigError(f"synthetic_fraction {synthetic_fraction!r}: expected a number in [0, 1]")
-    return _interleave(text, synthetic_fraction, stream_mix(seed, split, difficulty))
+    return _interleave(text, synthetic_fraction, styled_documents(stream_mix(seed, split, difficulty),
+                                                                  parse_styles(styles), seed))
 
 
-def _interleave(text: Iterable[str], synthetic_fraction: float, problems: Iterator[Problem]) -> Iterator[str]:
+def styled_documents(problems: Iterable[Problem], shares: dict[str, float], seed: int) -> Iterator[str]:
+    """Each problem rendered in a style drawn with `shares`, DIALOGUE of them as transcripts, from a generator of
+    its own seed."""
+    rng = random.Random(f"styles/{seed}")
+    for p in problems:
+        yield render(styled(p, choose(shares, rng), TASKS[p.task].self_check(p), rng), rng.random() < DIALOGUE)
+
+
+def _interleave(text: Iterable[str], synthetic_fraction: float, documents: Iterator[str]) -> Iterator[str]:
     if synthetic_fraction == 1:
-        yield from map(render, problems)
+        yield from documents
         return
     natural = synthetic = 0
     pending = None
@@ -59,7 +81,7 @@ def _interleave(text: Iterable[str], synthetic_fraction: float, problems: Iterat
         yield doc
         natural += len(doc)
         while True:  # problems while the share stays at most f: s / (s + n) <= f  <=>  s <= f / (1 - f) * n
-            pending = pending or render(next(problems))
+            pending = pending or next(documents)
             if synthetic + len(pending) > synthetic_fraction / (1 - synthetic_fraction) * natural:
                 break
             synthetic += len(pending)

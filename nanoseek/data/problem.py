@@ -47,10 +47,12 @@ class Problem:
 
 @dataclass(frozen=True)
 class Task:
-    """A registry entry: `make(rng, difficulty)` draws one problem, `check(problem, text)` judges an answer."""
+    """A registry entry: `make(rng, difficulty)` draws one problem, `check(problem, text)` judges an answer,
+    `self_check(problem)` is a line that verifies the answer by another route (`data.styles`)."""
     name: str
     make: Callable[[random.Random, int], Problem]
     check: Callable[[Problem, str], bool]
+    self_check: Callable[[Problem], str]
     default_difficulty: int
     max_difficulty: int = 5
 

@@ -19,6 +19,10 @@ def _training_args(p: argparse.ArgumentParser, stage: str, steps: int, batch: in
         p.add_argument("--data", action="append", default=[], metavar="PATH",
                        help=".txt, .jsonl (text field) or .parquet text; repeatable (default: the standard library's "
                             "docstrings, with worked problems as 30%% of the text)")
+        p.add_argument("--trace-styles", default=None, metavar="STYLE=SHARE,...",
+                       help="shares of the worked problems' styles: answer (the answer alone), worked, checked (a "
+                            "self-check after the steps), corrected (a slip caught and corrected) (default: "
+                            "answer=0.25,worked=0.62,checked=0.09,corrected=0.04)")
     else:
         p.add_argument("--init", default="runs/pretrain", help="the base model (default: runs/pretrain)")
         p.add_argument("--data", action="append", default=[], metavar="PATH",
@@ -100,6 +104,8 @@ def _training_run(args: argparse.Namespace, stage: str) -> None:
                    "expert_parallel": args.expert_parallel or None}
     train_config = dataclasses.replace(DEFAULT_TRAIN, **{k: v for k, v in train_flags.items() if v is not None})
     stage_flags = {"preset": args.preset, "data": tuple(args.data), "seq_len": args.seq_len, "device": args.device}
+    if stage == "pretrain":
+        stage_flags["trace_styles"] = args.trace_styles
     if args.init is not None:
         stage_flags["init"] = args.init
     config = dataclasses.replace(StageConfig(), **{k: v for k, v in stage_flags.items() if v is not None})
@@ -157,6 +163,9 @@ def eval_args(p: argparse.ArgumentParser) -> None:
                    help="sampling temperature; 0 is greedy (default: 0, or 0.7 with --samples > 1)")
     p.add_argument("--few-shot", type=int, default=0,
                    help="prompt a base model with this many worked problems instead of the chat template (default: 0)")
+    p.add_argument("--template", default="chat",
+                   help="the prompt without --few-shot: chat (the chat template) or r1-zero (R1-Zero's plain-text "
+                        "template for a base model, R1 §2.2.1) (default: chat)")
     p.add_argument("--max-new-tokens", type=int, default=320, help="longest response (default: 320)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -172,7 +181,8 @@ def eval_run(args: argparse.Namespace) -> None:
 
     temperature = args.temperature if args.temperature is not None else (0.7 if args.samples > 1 else 0.0)
     flags = {"data": args.data, "n": args.n, "difficulty": args.difficulty, "samples": args.samples,
-             "temperature": temperature, "few_shot": args.few_shot, "max_new_tokens": args.max_new_tokens,
+             "temperature": temperature, "few_shot": args.few_shot, "template": args.template,
+             "max_new_tokens": args.max_new_tokens,
              "seed": args.seed, "device": args.device}
     config = dataclasses.replace(EvalConfig(), **{k: v for k, v in flags.items() if v is not None})
     figures = evaluate_checkpoint(args.checkpoint, config)
@@ -200,8 +210,10 @@ def grpo_args(p: argparse.ArgumentParser) -> None:
                    help="JSONL of problems from `nanoseek data` (default: generated train-split problems)")
     p.add_argument("--difficulty", type=int, default=None, help="level of the generated problems (default: 1)")
     p.add_argument("--few-shot", type=int, default=None,
-                   help="worked examples before each question: a base model's prompt (R1-Zero); default 0, the chat "
-                        "template")
+                   help="worked examples before each question: a base model's prompt; default 0, --template's")
+    p.add_argument("--template", default=None,
+                   help="the prompt without --few-shot: chat (the chat template) or r1-zero (R1-Zero's plain-text "
+                        "template for a base model, R1 §2.2.1) (default: chat)")
     p.add_argument("--rewards", default=None, metavar="NAME=W,...",
                    help="weighted rewards from accuracy, format, language, length (default: accuracy=1,format=0.5)")
     p.add_argument("--group-size", type=int, default=None, help="G, completions per question (default: 8)")
@@ -209,7 +221,11 @@ def grpo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mu", type=int, default=None, help="μ, policy updates per rollout (default: 1)")
     p.add_argument("--beta", type=float, default=None,
                    help="β, weight of the KL to the starting policy; 0 keeps no reference model (default: 0.04)")
-    p.add_argument("--clip-eps", type=float, default=None, help="ε of the clipped ratio (default: 0.2)")
+    p.add_argument("--clip-eps", type=float, default=None,
+                   help="ε of the clipped ratio, ε_low with --clip-eps-high (default: 0.2)")
+    p.add_argument("--clip-eps-high", type=float, default=None,
+                   help="ε_high of clip-higher, DAPO §3.1 (0.28 there): the ratio is clipped to [1 - ε, 1 + ε_high] "
+                        "(default: ε)")
     p.add_argument("--loss-agg", default=None,
                    help="sequence (DeepSeekMath: mean over each completion's tokens) or token (DAPO, Dr. GRPO) "
                         "(default: sequence)")
@@ -217,6 +233,24 @@ def grpo_args(p: argparse.ArgumentParser) -> None:
                    help="std (advantage = (r - mean) / std) or none (Dr. GRPO: r - mean) (default: std)")
     p.add_argument("--mask-truncated", action="store_true",
                    help="completions cut at --max-new-tokens take no loss (DAPO's overlong filtering)")
+    p.add_argument("--dynamic-sampling", type=int, default=None, metavar="ROUNDS",
+                   help="keep the groups whose answers are neither all right nor all wrong and replace the others "
+                        "with new questions, sampling at most ROUNDS rounds of --prompts-per-step questions a step "
+                        "(DAPO §3.2); 0: off, groups whose rewards are all equal are dropped only (default: 0)")
+    p.add_argument("--curriculum", default=None, metavar="LOW,HIGH",
+                   help="move each task's level one up when its running pass rate is above HIGH, one down when below "
+                        "LOW, e.g. 0.1,0.9 (the edge of competence, arXiv 2512.07783); starts at --difficulty "
+                        "(default: off)")
+    p.add_argument("--curriculum-levels", default=None, metavar="LOWEST,HIGHEST",
+                   help="the levels the curriculum moves between (default: 1,5)")
+    p.add_argument("--curriculum-window", type=int, default=None, metavar="N",
+                   help="completions of a task's running pass rate (default: 64)")
+    p.add_argument("--heldout", type=int, default=None, metavar="N",
+                   help="held-out problems evaluated greedily every --eval-every steps and at the end, and by "
+                        "pass@k at the start and the end; 0: none (default: 100)")
+    p.add_argument("--pass-k", type=int, default=None, help="k of the held-out pass@k; 0: none (default: 8)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="held-out greedy evaluation interval in steps; 0: at the end only (default: 0)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest completion (default: 160)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1.0)")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 40)")
@@ -243,15 +277,33 @@ def grpo_run(args: argparse.Namespace) -> None:
     if args.resume is not None and args.out not in ("runs/grpo", args.resume):
         raise ConfigError(f"--resume {args.resume} continues in that folder; --out {args.out} contradicts it")
     train_flags = {"max_steps": args.max_steps, "lr": args.lr, "micro_batch_size": args.micro_batch_size,
-                   "save_every": args.save_every, "seed": args.seed}
+                   "save_every": args.save_every, "eval_every": args.eval_every, "seed": args.seed}
     train_config = dataclasses.replace(DEFAULT_TRAIN, **{k: v for k, v in train_flags.items() if v is not None})
     flags = {"init": args.init, "preset": args.preset, "prompts": args.prompts, "difficulty": args.difficulty,
-             "few_shot": args.few_shot, "rewards": args.rewards, "group_size": args.group_size,
-             "prompts_per_step": args.prompts_per_step, "mu": args.mu, "beta": args.beta, "clip_eps": args.clip_eps,
+             "few_shot": args.few_shot, "template": args.template, "rewards": args.rewards,
+             "group_size": args.group_size, "prompts_per_step": args.prompts_per_step, "mu": args.mu,
+             "beta": args.beta, "clip_eps": args.clip_eps, "clip_eps_high": args.clip_eps_high,
              "loss_agg": args.loss_agg, "adv_scale": args.adv_scale, "mask_truncated": args.mask_truncated or None,
+             "dynamic_sampling": args.dynamic_sampling,
+             "curriculum": _pair(args.curriculum, float, "--curriculum", "LOW,HIGH"),
+             "curriculum_levels": _pair(args.curriculum_levels, int, "--curriculum-levels", "LOWEST,HIGHEST"),
+             "curriculum_window": args.curriculum_window, "heldout": args.heldout, "pass_k": args.pass_k,
              "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "device": args.device}
     config = dataclasses.replace(GRPOConfig(), **{k: v for k, v in flags.items() if v is not None})
     _run_stage(args, "grpo", grpo, config, train_config)
+
+
+def _pair(text: str | None, kind: type, flag: str, expected: str) -> tuple | None:
+    """'0.1,0.9' -> (0.1, 0.9); None stays None."""
+    if text is None:
+        return None
+    from nanoseek.errors import ConfigError
+
+    try:
+        low, high = (kind(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected {expected}") from None
+    return low, high
 
 
 def rejection_sample_args(p: argparse.ArgumentParser) -> None:
@@ -263,6 +315,9 @@ def rejection_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest completion (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--edge", action="store_true",
+                   help="keep only questions at the edge of competence: the greedy answer wrong, some sample right "
+                        "(one more greedy completion per question)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
@@ -273,10 +328,11 @@ def rejection_sample_run(args: argparse.Namespace) -> None:
 
     set_threads(args.threads)
     config = RejectionConfig(checkpoint=args.checkpoint, prompts=args.prompts, k=args.k, temperature=args.temperature,
-                             max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device)
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, edge=args.edge, device=args.device)
     c = rejection_sample(config, args.out)
+    edge = f", {c['at_edge']} at the edge" if args.edge else ""
     print(f"kept {c['kept']} of {c['samples']} completions ({c['questions_solved']} of {c['questions']} questions "
-          f"have one); rejected: {rejected(c)}; wrote {args.out}")
+          f"have one{edge}); rejected: {rejected(c)}; wrote {args.out}")
 
 
 def distill_args(p: argparse.ArgumentParser) -> None:

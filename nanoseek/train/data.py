@@ -18,6 +18,7 @@ import torch
 
 from nanoseek.data.mix import Packer, mix_documents
 from nanoseek.data.problem import Problem, split_of
+from nanoseek.data.styles import DEFAULT_STYLES
 from nanoseek.data.tasks import TASKS, check_count, stream
 from nanoseek.data.text import read_documents, stdlib_documents
 from nanoseek.errors import ConfigError
@@ -57,10 +58,11 @@ def split_text(text: Iterator[str], split: str) -> Iterator[str]:
 
 
 def heldout_sequences(tokenizer: Tokenizer, text: Callable[[], Iterator[str]], n: int, seq_len: int,
-                      difficulty: int | None = DIFFICULTY, seed: int = EVAL_SEED) -> torch.Tensor | None:
+                      difficulty: int | None = DIFFICULTY, seed: int = EVAL_SEED,
+                      styles: str = DEFAULT_STYLES) -> torch.Tensor | None:
     """Up to n sequences (n, seq_len + 1) of held-out text mixed with held-out worked problems, packed as in
     pretraining; None when the held-out text is shorter than one sequence (a small file of the user's)."""
-    documents = mix_documents(split_text(text(), "eval"), seed, split="eval", difficulty=difficulty)
+    documents = mix_documents(split_text(text(), "eval"), seed, split="eval", difficulty=difficulty, styles=styles)
     rows = list(islice(Packer(documents, tokenizer.encode, tokenizer.eos_id, seq_len), n))
     return torch.tensor(rows) if rows else None
 

@@ -9,9 +9,10 @@
   it estimates the acceptance rate of self-speculative decoding, V3 §5.4.3 reports 85-90% for the second token),
   and how often it agrees with the main model's own prediction of that token.
 
-A chat model is prompted with the chat template; a base model (`few_shot` > 0) with worked problems of the same
-task in its pretraining format, each closed by end-of-sequence, then the question. Responses come from the inference
-engine (`nanoseek.infer.Engine`), greedy or sampled: the decoder that serves the model is the one measured.
+A chat model is prompted with the chat template; a base model with worked problems of the same task in its
+pretraining format (`few_shot` > 0), each closed by end-of-sequence, then the question, or with R1-Zero's plain-text
+template (`template="r1-zero"`, R1 §2.2.1 Table 1). Responses come from the inference engine
+(`nanoseek.infer.Engine`), greedy or sampled: the decoder that serves the model is the one measured.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from nanoseek.data.mix import render
 from nanoseek.data.problem import Problem, parse_number
+from nanoseek.data.styles import has_correction, has_self_check
 from nanoseek.data.tasks import TASKS, generate as generate_problems, verify
 from nanoseek.checkpoint import load_checkpoint
 from nanoseek.errors import ConfigError, DataError
@@ -49,7 +51,8 @@ class EvalConfig:
     samples: int = 1                     # k responses per problem
     temperature: float = 0.0             # 0: greedy
     max_new_tokens: int = 320
-    few_shot: int = 0                    # worked examples in the prompt (for base models); 0: chat template
+    few_shot: int = 0                    # worked examples in the prompt (for base models); 0: `template`
+    template: str = "chat"               # the prompt without examples: "chat" or "r1-zero" (R1 §2.2.1, a base model)
     batch_size: int = 64                 # sequences decoded together
     mtp_sequences: int = 16              # held-out sequences for the MTP accuracy (0: skip)
     seq_len: int = 256
@@ -68,6 +71,7 @@ class EvalConfig:
                 raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
         if not isinstance(self.few_shot, int) or self.few_shot < 0:
             raise ConfigError(f"few_shot {self.few_shot!r}: expected an int >= 0")
+        check_template(self.template, self.few_shot)
 
 
 def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_id: int | None,
@@ -108,7 +112,8 @@ def answer_key(answer: str) -> object:
 
 
 def score(problems: Sequence[Problem], responses: Sequence[Sequence[str]], lengths: Sequence[Sequence[int]]) -> dict:
-    """Accuracy, format rate, mean response length, per-task accuracy, and with k > 1 pass@k and maj@k.
+    """Accuracy, format rate, mean response length, the shares of responses with a self-check and with a
+    correction (`data.styles`), per-task accuracy, and with k > 1 pass@k and maj@k.
     responses[i] are the k decoded responses to problems[i]; lengths[i] their token counts."""
     k = len(responses[0])
     first, all_correct, formats, passed, majority = [], [], [], [], []
@@ -133,6 +138,8 @@ def score(problems: Sequence[Problem], responses: Sequence[Sequence[str]], lengt
         "accuracy": _mean(first) if k == 1 else _mean(all_correct),
         "format_rate": _mean(formats),
         "mean_response_tokens": _mean([n for row in lengths for n in row]),
+        "self_check_rate": _mean([has_self_check(text) for outs in responses for text in outs]),
+        "correction_rate": _mean([has_correction(text) for outs in responses for text in outs]),
         "accuracy_by_task": {task: _mean(v) for task, v in sorted(by_task.items())},
     }
     if k > 1:
@@ -145,9 +152,28 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def prompt_ids(tokenizer: Tokenizer, problem: Problem, shots: Sequence[Problem]) -> list[int]:
-    """The chat template with a generation prompt, or (with shots) worked problems in pretraining format, each
-    ended by end-of-sequence as in packing, then the question and a newline."""
+# R1 §2.2.1, Table 1: DeepSeek-R1-Zero's template, with our answer format (the answer follows `</think>`, no tags)
+R1_ZERO_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves "
+                    "it. The assistant first thinks about the reasoning process in the mind and then provides the user "
+                    "with the answer. The reasoning process is enclosed within <think> </think> tags, followed by the "
+                    "answer, i.e., <think> reasoning process here </think> answer here. User: {prompt}\nAssistant:")
+TEMPLATES = ("chat", "r1-zero")
+PROMPTS = {"chat": "chat template", "r1-zero": "R1-Zero template"}   # as reports name them
+
+
+def check_template(template: str, few_shot: int = 0) -> None:
+    if template not in TEMPLATES:
+        raise ConfigError(f"template {template!r}: expected one of {TEMPLATES}")
+    if template != "chat" and few_shot:
+        raise ConfigError(f"few_shot {few_shot} and template {template!r} are two prompts; choose one")
+
+
+def prompt_ids(tokenizer: Tokenizer, problem: Problem, shots: Sequence[Problem], template: str = "chat") -> list[int]:
+    """The chat template with a generation prompt, R1-Zero's plain-text template (`template="r1-zero"`), or (with
+    shots) worked problems in pretraining format, each ended by end-of-sequence as in packing, then the question and
+    a newline."""
+    if not shots and template == "r1-zero":
+        return tokenizer.encode(R1_ZERO_TEMPLATE.format(prompt=problem.prompt))
     if not shots:
         return chat_ids(tokenizer, [{"role": "user", "content": problem.prompt}], add_generation_prompt=True)[0]
     ids: list[int] = []
@@ -191,7 +217,7 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Proble
     """All figures for `model` on `problems` (see the module docstring)."""
     model.eval()
     shots = {task: few_shot_examples(task, config.few_shot, config.difficulty) for task in {p.task for p in problems}}
-    prompts = [prompt_ids(tokenizer, p, shots[p.task]) for p in problems]
+    prompts = [prompt_ids(tokenizer, p, shots[p.task], config.template) for p in problems]
     limit = model.config.max_position_embeddings
     too_long = [i for i, p in enumerate(prompts) if len(p) + config.max_new_tokens > limit]
     if too_long:
@@ -207,7 +233,7 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Proble
         lengths[i][s] = len(ids)
         responses[i][s] = tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eos_id else ids)
     figures = score(problems, responses, lengths)
-    figures["prompt"] = f"{config.few_shot}-shot" if config.few_shot else "chat template"
+    figures["prompt"] = f"{config.few_shot}-shot" if config.few_shot else PROMPTS[config.template]
     if config.mtp_sequences and len(model.mtp):
         tokens = heldout_sequences(tokenizer, text_source(()), config.mtp_sequences, config.seq_len, config.difficulty)
         if tokens is not None:
@@ -230,7 +256,9 @@ def format_report(figures: dict) -> str:
     rows += [(f"  {task}", f"{acc:.1%}") for task, acc in figures["accuracy_by_task"].items()]
     rows += [(k, f"{figures[k]:.1%}") for k in figures if k.startswith(("pass@", "maj@"))]
     rows += [("format rate", f"{figures['format_rate']:.1%}"),
-             ("mean response length", f"{figures['mean_response_tokens']:.1f} tokens")]
+             ("mean response length", f"{figures['mean_response_tokens']:.1f} tokens"),
+             ("with a self-check", f"{figures['self_check_rate']:.1%}"),
+             ("with a correction", f"{figures['correction_rate']:.1%}")]
     if "mtp_accuracy" in figures:
         rows += [("MTP next-next-token accuracy", f"{figures['mtp_accuracy']:.1%}"),
                  ("MTP agreement with main model", f"{figures['mtp_agreement']:.1%}")]

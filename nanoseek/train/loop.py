@@ -204,12 +204,15 @@ def make_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.AdamW
 
 def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: TrainConfig, out: str | Path,
           evaluate: Callable[[Transformer], dict[str, float]] | None = None, resume: bool = False,
-          desc: str = "train", postfix: Callable[[dict], dict[str, str]] | None = None) -> TrainResult:
+          desc: str = "train", postfix: Callable[[dict], dict[str, str]] | None = None,
+          evaluate_ends: Callable[[Transformer], dict[str, float]] | None = None) -> TrainResult:
     """Train `model` in place for config.max_steps optimizer steps on `batches` (global batches of
     config.batch_size sequences), writing metrics.jsonl and checkpoints/ into `out`. With `resume`, continue from
     the newest checkpoint in `out`. `evaluate(model)` (in eval mode, under no_grad) returns figures merged into the
-    metrics line of every config.eval_every-th step and of the last step. `postfix(record)` gives the progress
-    bar's figures from a step's metrics line (default: loss, MTP loss, tokens/s, learning rate)."""
+    metrics line of every config.eval_every-th step and of the last step; `evaluate_ends(model)` figures taken at the
+    two ends only: from the starting model (with evaluate's, as a line of step 0, in a run that is not resumed) and
+    in the last step's line. `postfix(record)` gives the progress bar's figures from a step's metrics line (default:
+    loss, MTP loss, tokens/s, learning rate)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
@@ -243,9 +246,31 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
 
     interrupted = False
     main = distributed.is_main()  # under torchrun, rank 0 alone writes metrics and shows progress
+
+    def evaluation(*functions) -> dict:
+        if not any(functions):
+            return {}
+        t = time.perf_counter()
+        model.eval()
+        figures = {}
+        with torch.no_grad():
+            for function in functions:
+                if function is not None:
+                    figures.update(function(model))
+        model.train()
+        nonlocal elapsed
+        elapsed += time.perf_counter() - t
+        return figures
+
     with _stop_on_sigint() as stop, MetricsLog(out / METRICS) if main else nullcontext() as log, \
             tqdm(total=config.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True,
                  disable=not main) as bar:
+        if evaluate_ends is not None and step == 0:
+            record = {"step": 0, **evaluation(evaluate, evaluate_ends)}
+            if main:
+                log.write(record)
+            if postfix:
+                bar.set_postfix(postfix(record), refresh=False)
         while step < config.max_steps:
             start = time.perf_counter()
             batch = next(batches)
@@ -303,13 +328,8 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
                     raise NanoseekError(f"training diverged: {bad} steps in a row with a non-finite loss or gradient "
                                         f"(last at step {step}, lr {lr:.3g}); lower the learning rate")
             record.update(expert_load(loads))
-            if evaluate is not None and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
-                t = time.perf_counter()
-                model.eval()
-                with torch.no_grad():
-                    record.update(evaluate(model))
-                model.train()
-                elapsed += time.perf_counter() - t
+            if step == config.max_steps or (config.eval_every and step % config.eval_every == 0):
+                record.update(evaluation(evaluate, evaluate_ends if step == config.max_steps else None))
             if main:
                 log.write(record)
             if ok:

@@ -6,8 +6,11 @@
   auxiliary-loss-free balancing should pull every row towards 1 / n_experts), with max/mean load above it;
 - throughput.png: tokens/s and MFU over steps;
 - GRPO runs: reward.png (the total reward and each reward function's mean per rollout, with accuracy and format
-  rate), length.png (mean completion length and the share cut at max_new_tokens) and policy.png (KL to the
-  reference, entropy, clipped fraction).
+  rate), length.png (mean completion length, held-out response length, and the share cut at max_new_tokens; R1
+  Fig. 3), policy.png (KL to the reference, entropy, clipped fraction), heldout.png (held-out greedy accuracy over
+  steps, R1 Fig. 2, with pass@1 and pass@k at the start and the end), behaviour.png (the shares of completions with a
+  self-check and with a correction, R1 §2.2.4) and, with a curriculum, levels.png (each task's level and the
+  running pass rate).
 """
 from __future__ import annotations
 
@@ -126,7 +129,10 @@ def _grpo_plots(run: Path, records: list[dict], series, save, plt) -> None:
     save(fig, "reward.png")
 
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot(*series("completion_len"), color="tab:blue")
+    ax.plot(*series("completion_len"), color="tab:blue", label="rollouts (sampled)")
+    if series("heldout_length")[1]:
+        ax.plot(*series("heldout_length"), color="tab:green", marker="o", markersize=3, label="held-out (greedy)")
+        ax.legend(fontsize=8, loc="upper left")
     ax.set(xlabel="step", ylabel="mean completion length (tokens)", title=f"length: {run.name}")
     ax.grid(alpha=0.3)
     twin = ax.twinx()
@@ -143,3 +149,46 @@ def _grpo_plots(run: Path, records: list[dict], series, save, plt) -> None:
     axes[0].set_title(f"policy: {run.name}")
     axes[-1].set_xlabel("step")
     save(fig, "policy.png")
+
+    if series("heldout_accuracy")[1]:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(*series("heldout_accuracy"), marker="o", markersize=3, color="tab:green", label="held-out, greedy")
+        ax.plot(*series("accuracy"), color="tab:blue", alpha=0.4, label="rollouts, sampled")
+        passes = sorted({k for r in records for k in r if k.startswith("heldout_pass@")})
+        for key, marker in zip(passes, "sD^v"):
+            ax.plot(*series(key), linestyle="none", marker=marker, markersize=7, label=key.removeprefix("heldout_"))
+        ax.set(xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02), title=f"held-out accuracy: {run.name}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "heldout.png")
+
+    if series("self_check")[1]:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        for key, label, color in (("self_check", "self-check (rollouts)", "tab:purple"),
+                                  ("correction", "correction (rollouts)", "tab:orange"),
+                                  ("heldout_self_check", "self-check (held-out)", "tab:purple"),
+                                  ("heldout_correction", "correction (held-out)", "tab:orange")):
+            held = key.startswith("heldout")
+            ax.plot(*series(key), label=label, color=color, linestyle="--" if held else "-",
+                    marker="o" if held else None, markersize=3)
+        ax.set(xlabel="step", ylabel="share of completions", title=f"self-verification and reflection: {run.name}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "behaviour.png")
+
+    levelled = [r for r in records if r.get("levels")]
+    if levelled:
+        fig, (ax, rates) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+        for task in levelled[0]["levels"]:
+            steps = [r["step"] for r in levelled]
+            ax.step(steps, [r["levels"][task] for r in levelled], where="post", label=task)
+            pairs = [(r["step"], r["pass_rate"][task]) for r in levelled if r["pass_rate"].get(task) is not None]
+            rates.plot([s for s, _ in pairs], [v for _, v in pairs], label=task)
+        levels = [v for r in levelled for v in r["levels"].values()]
+        ax.set(ylabel="level", title=f"curriculum: {run.name}", ylim=(min(levels) - 0.5, max(levels) + 0.5),
+               yticks=range(min(levels), max(levels) + 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        rates.set(xlabel="step", ylabel="running pass rate", ylim=(-0.02, 1.02))
+        rates.grid(alpha=0.3)
+        save(fig, "levels.png")

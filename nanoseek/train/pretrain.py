@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 
 from nanoseek.data.mix import SYNTHETIC_FRACTION, Packer, mix_documents
+from nanoseek.data.styles import DEFAULT_STYLES, parse_styles
 from nanoseek.errors import ConfigError, DataError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
@@ -34,6 +35,7 @@ class PretrainConfig:
     seq_len: int = 256
     synthetic_fraction: float = SYNTHETIC_FRACTION
     difficulty: int | None = DIFFICULTY  # level of the synthetic problems (None: each task's own default)
+    trace_styles: str = DEFAULT_STYLES   # shares of the worked problems' trace styles (data.styles)
     val_sequences: int = 16              # held-out sequences for the validation loss
     device: str | None = None            # None: cuda when available, else cpu
 
@@ -42,6 +44,7 @@ class PretrainConfig:
             raise ConfigError(f"seq_len {self.seq_len!r}: expected an int >= 2")
         if not isinstance(self.val_sequences, int) or self.val_sequences < 1:
             raise ConfigError(f"val_sequences {self.val_sequences!r}: expected an int >= 1")
+        parse_styles(self.trace_styles)
 
 
 # The default budget: 8-9.5 minutes on 2 CPU cores for the tiny preset (the issue's limit is 10). The same machine
@@ -59,7 +62,8 @@ class PretrainBatches:
 
     def _packer(self, state: dict | None) -> Packer:
         documents = mix_documents(split_text(self.text(), "train"), self.seed * 1000 + self.epoch,
-                                  self.config.synthetic_fraction, difficulty=self.config.difficulty)
+                                  self.config.synthetic_fraction, difficulty=self.config.difficulty,
+                                  styles=self.config.trace_styles)
         return Packer(documents, self.tokenizer.encode, self.tokenizer.eos_id, self.config.seq_len, state)
 
     def __iter__(self) -> PretrainBatches:
@@ -114,7 +118,8 @@ def pretrain(config: PretrainConfig, train_config: TrainConfig, out: str | Path,
                           f"{model.config.max_position_embeddings}")
     tokenizer = stage_tokenizer(config.init, model.config)
     text = text_source(config.data)
-    val = heldout_sequences(tokenizer, text, config.val_sequences, config.seq_len, config.difficulty)
+    val = heldout_sequences(tokenizer, text, config.val_sequences, config.seq_len, config.difficulty,
+                            styles=config.trace_styles)
     batches = PretrainBatches(text, tokenizer, config, train_config.batch_size, train_config.seed)
     if not resume:
         save_run(out, {"stage": "pretrain", "pretrain": dataclasses.asdict(config),
@@ -128,7 +133,7 @@ def pretrain(config: PretrainConfig, train_config: TrainConfig, out: str | Path,
             "model": f"{config.preset or config.init}, {sum(p.numel() for p in model.parameters()):,} parameters",
             "data": ", ".join(config.data) or "standard-library docstrings",
             "synthetic share": f"{config.synthetic_fraction:.0%} of the text, by characters "
-                               f"(difficulty {config.difficulty})",
+                               f"(difficulty {config.difficulty}), trace styles {config.trace_styles}",
             "batch": f"{train_config.batch_size} x {config.seq_len} tokens",
         })
     return result

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from nanoseek.atomic import open_atomic
 from nanoseek.checkpoint import load_checkpoint
 from nanoseek.data.countdown import value
+from nanoseek.data.styles import STEP, correction_line
 from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.tokenizer import Tokenizer
@@ -41,6 +42,7 @@ class RejectionConfig:
     temperature: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    edge: bool = False                 # keep only questions at the edge: greedy answer wrong, a sample right
     device: str | None = None
 
     def __post_init__(self):
@@ -54,23 +56,34 @@ class RejectionConfig:
 
 # Why a completion is rejected, as the counts name it and as a report says it.
 REJECTIONS = {"truncated": "truncated", "format": "ill-formed", "language": "mixed-language", "incorrect": "incorrect",
-              "false_step": "with a false step", "duplicate": "duplicates"}
+              "false_step": "with a false step", "duplicate": "duplicates", "solved": "of questions solved greedily"}
 
-# A worked step: integers joined by + - * / then "= value", at the start of a line or after ": ", "; ", "= ", "try "
-# or "So " ("2*3 = 6", "add: 8 + 9 = 17", "x = 9 - 5 = 4", "try 7 - 1 = 6"), its value not followed by more terms.
-_STEP = re.compile(r"(?:^|(?<=: )|(?<=; )|(?<== )|(?<=try )|(?<=So ))"
-                   r"(\d+(?: ?[-+*/] ?\d+)+) = (-?\d+)(?!\d| ?[-+*/] ?\d)", re.MULTILINE)
 
+def at_edge(greedy_correct: bool, samples_correct: list[bool]) -> bool:
+    """A question at the edge of the policy's competence: its greedy answer is wrong, yet some sample is right. Its
+    verified samples teach what the policy can do but does not yet do by default (expert iteration, STaR / ReST;
+    arXiv 2512.07783: RL lifts pass@k only at this edge)."""
+    return not greedy_correct and any(samples_correct)
 
 def false_step(reasoning: str) -> str | None:
-    """The first worked step of `reasoning` whose arithmetic is wrong ("8 - 5 = 1"), or None. Not judged: a step
-    starting with a negative number, and one the countdown verifier's exact arithmetic cannot value (an inexact
-    division)."""
-    for m in _STEP.finditer(reasoning):
+    """The first worked step of `reasoning` (`data.styles.STEP`) whose arithmetic is wrong ("8 - 5 = 1"), or None.
+    Not judged: a step starting with a negative number, and one the countdown verifier's exact arithmetic cannot
+    value (an inexact division). Excused: a false step that the next line catches, 'wait: 8 - 5 = 3, not 1, so'
+    (the corrected style of the pretraining mix, `data.styles`): the trace reaches its answer through true steps
+    only, and the correction is the reflection R1 §2.2.4 wants kept. A 'wait:' line is itself a step, so a
+    correction to a wrong value is a false step."""
+    for m in STEP.finditer(reasoning):
         worked = value(ast.parse(m[1], mode="eval").body, [])
-        if worked is not None and worked != int(m[2]):
+        if worked is not None and worked != int(m[2]) and not _caught(reasoning, m, worked):
             return m[0]
     return None
+
+
+def _caught(reasoning: str, m: re.Match, worked) -> bool:
+    """Whether the line after the one of step `m` corrects it."""
+    end = reasoning.find("\n", m.end())
+    following = reasoning[end + 1:] if end >= 0 else ""
+    return worked.denominator == 1 and following.startswith(correction_line(m[1], int(worked), int(m[2])))
 
 
 def judge(completion: str, problem) -> str:
@@ -92,9 +105,10 @@ def rejected(counts: dict) -> str:
 
 
 def rejection_sample(config: RejectionConfig, out: str | Path) -> dict:
-    """Write the kept rows to `out` (JSONL, atomically); returns the counts: questions, samples, each rejection
-    reason (REJECTIONS: truncated at max_new_tokens, format, language, incorrect, false step, duplicate), rows kept,
-    questions with at least one row, tokens generated and the mean length of prompt + completion."""
+    """Write the kept rows to `out` (JSONL, atomically), question by question; returns the counts: questions,
+    samples, each rejection reason (REJECTIONS: truncated at max_new_tokens, format, language, incorrect, false step,
+    duplicate, and with `edge` a question the greedy answer solves), rows kept, questions with at least one row,
+    (with `edge`) questions at the edge, tokens generated and the mean length of prompt + completion."""
     problems = load_problems(EvalConfig(data=config.prompts))   # a bad file fails before the model loads
     out = Path(out)
     model = load_checkpoint(config.checkpoint, device=device_of(config.device)).eval()
@@ -106,38 +120,58 @@ def rejection_sample(config: RejectionConfig, out: str | Path) -> dict:
                             stop_token_ids=(tokenizer.eos_id,))
     # each question its own seeds: sample i of question j uses seed + j·k + i
     requests = {engine.add_request(prompt_ids(tokenizer, p, []),
-                                   dataclasses.replace(params, seed=config.seed + j * config.k)): p
+                                   dataclasses.replace(params, seed=config.seed + j * config.k)): j
                 for j, p in enumerate(problems)}
+    greedy = {}
+    if config.edge:
+        greedy = {engine.add_request(prompt_ids(tokenizer, p, []),
+                                     dataclasses.replace(params, temperature=0.0, n=1)): j
+                  for j, p in enumerate(problems)}
     counts = {"questions": len(problems), "samples": 0, **dict.fromkeys(REJECTIONS, 0), "kept": 0,
               "generated_tokens": 0}
     context = 0
-    seen: set[tuple[str, str, str]] = set()
-    solved: set[int] = set()
-    with open_atomic(out) as f, tqdm(total=len(problems) * config.k, desc="rejection sampling", unit="sample",
-                                     dynamic_ncols=True) as bar:
-        for update in engine.stream(requests):
+    texts: list[dict[int, tuple[str, bool]]] = [{} for _ in problems]   # question -> sample index -> (text, finished)
+    greedy_correct = [False] * len(problems)
+    with tqdm(total=len(problems) * config.k + len(greedy), desc="rejection sampling", unit="sample",
+              dynamic_ncols=True) as bar:
+        for update in engine.stream([*requests, *greedy]):
             if update.finish_reason is None:
                 continue
-            problem, ids = requests[update.request_id], update.sequence.output_ids
+            ids = update.sequence.output_ids
             finished = bool(ids) and ids[-1] == tokenizer.eos_id
             text = tokenizer.decode(ids[:-1] if finished else ids)
-            verdict = judge(text, problem) if finished else "truncated"
-            counts["samples"] += 1
             counts["generated_tokens"] += len(ids)
             context += len(update.sequence.tokens)
-            if verdict == "kept":
-                reasoning, answer = split_completion(text)
-                key = (problem.prompt, reasoning, answer.strip())
-                if key in seen:
-                    verdict = "duplicate"
-                else:
-                    seen.add(key)
-                    solved.add(update.request_id)
-                    row = problem.to_row() | {"reasoning": reasoning, "answer": answer.strip()}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            counts[verdict] += 1
+            if update.request_id in greedy:
+                j = greedy[update.request_id]
+                greedy_correct[j] = bool(accuracy_reward(text, problems[j]))
+            else:
+                texts[requests[update.request_id]][update.index] = (text, finished)
             bar.update(1)
-            bar.set_postfix(kept=counts["kept"], refresh=False)
+    seen: set[tuple[str, str, str]] = set()
+    solved: set[int] = set()
+    with open_atomic(out) as f:
+        for j, problem in enumerate(problems):
+            samples = [texts[j][i] for i in sorted(texts[j])]
+            edge = at_edge(greedy_correct[j], [bool(accuracy_reward(t, problem)) for t, _ in samples])
+            if config.edge:
+                counts["at_edge"] = counts.get("at_edge", 0) + edge
+            for text, finished in samples:
+                verdict = judge(text, problem) if finished else "truncated"
+                counts["samples"] += 1
+                if verdict == "kept" and config.edge and not edge:
+                    verdict = "solved"
+                if verdict == "kept":
+                    reasoning, answer = split_completion(text)
+                    key = (problem.prompt, reasoning, answer.strip())
+                    if key in seen:
+                        verdict = "duplicate"
+                    else:
+                        seen.add(key)
+                        solved.add(j)
+                        row = problem.to_row() | {"reasoning": reasoning, "answer": answer.strip()}
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                counts[verdict] += 1
     counts["questions_solved"] = len(solved)
-    counts["context"] = context // max(counts["samples"], 1)
+    counts["context"] = context // max(counts["samples"] + len(greedy), 1)
     return counts

@@ -3,7 +3,7 @@ from itertools import islice
 
 import pytest
 
-from nanoseek.data.mix import Packer, mix_documents, render
+from nanoseek.data.mix import DIALOGUE, Packer, mix_documents, render
 from nanoseek.data.tasks import generate, verify
 from nanoseek.errors import ConfigError, DataError
 
@@ -40,6 +40,13 @@ def test_render_matches_the_r1_template():
     prompt, rest = render(p).split("\n<think>\n")
     reasoning, answer = rest.split("\n</think>\n\n")
     assert (prompt, reasoning, answer) == (p.prompt, p.reasoning, p.answer) and verify(p, answer)
+    assert render(p, dialogue=True) == f"User: {p.prompt}\nAssistant: <think>\n{p.reasoning}\n</think>\n\n{p.answer}"
+
+
+def test_a_share_of_the_problems_are_transcripts():
+    docs = list(islice(mix_documents(TEXT, seed=0, synthetic_fraction=1.0), 2000))
+    share = sum(d.startswith("User: ") and "\nAssistant: <think>\n" in d for d in docs) / len(docs)
+    assert abs(share - DIALOGUE) < 0.03
 
 
 def unpack(seqs):

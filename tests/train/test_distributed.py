@@ -106,9 +106,11 @@ def test_grpo_runs_under_torchrun(runs, tmp_path):
     out = tmp_path / "grpo"
     # a barely trained model rambles past 600 characters, so the length penalty tells its completions apart
     nanoseek("grpo", "--init", runs / "one", "--nproc", "2", "--max-steps", "2", "--prompts-per-step", "3",
-             "--group-size", "4", "--max-new-tokens", "256", "--rewards", "length=1", "--out", out)
+             "--group-size", "4", "--max-new-tokens", "256", "--rewards", "length=1", "--heldout", "2", "--pass-k", "2",
+             "--out", out)
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and '"gen_tokens"' in lines[0]
+    assert len(lines) == 3 and '"heldout_pass@2"' in lines[0] and '"gen_tokens"' in lines[1]   # step 0: held-out
+    assert '"heldout_accuracy"' in lines[2] and '"heldout_pass@2"' in lines[2]
     assert worst_difference(runs / "one", out) > 0  # the policy moved
     assert (out / "model.safetensors").is_file()
 

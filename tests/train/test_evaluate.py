@@ -9,7 +9,8 @@ from nanoseek.data.problem import Problem
 from nanoseek.data.tasks import generate as generate_problems
 from nanoseek.tokenizer import ASSISTANT, BOS, EOS, USER
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.evaluate import generate, mtp_accuracy, parse_response, prompt_ids, score
+from nanoseek.errors import ConfigError
+from nanoseek.train.evaluate import EvalConfig, generate, mtp_accuracy, parse_response, prompt_ids, score
 
 ADD = Problem(task="arithmetic", prompt="What is 2 + 3?", reasoning="", answer="5")
 COUNTDOWN = Problem(task="countdown", prompt="make 10", reasoning="", answer="5 * 2", numbers=(2, 5, 7), target=10)
@@ -31,6 +32,7 @@ def test_score_greedy():
     responses = [["<think>2+3</think>\n\n5"], ["<think>?</think>\n\n6"], ["7 - 2 * ... 5 * 2"]]
     figures = score([ADD, ADD, COUNTDOWN], responses, [[10], [10], [4]])
     assert figures["accuracy"] == pytest.approx(1 / 3)
+    assert figures["self_check_rate"] == figures["correction_rate"] == 0
     assert figures["format_rate"] == pytest.approx(2 / 3)
     assert figures["mean_response_tokens"] == 8
     assert figures["accuracy_by_task"] == {"arithmetic": 0.5, "countdown": 0.0}
@@ -48,6 +50,14 @@ def test_score_pass_and_majority():
     assert figures["maj@3"] == pytest.approx(2 / 3)
     assert figures["accuracy"] == pytest.approx((1 + 2 + 3) / 9)
     assert figures["mean_response_tokens"] == 2
+
+
+def test_score_counts_self_checks_and_corrections():
+    responses = [["<think>\n2 + 3 = 5\ncheck: 5 - 3 = 2\n</think>\n\n5"],
+                 ["<think>\n2 + 3 = 6\nwait: 2 + 3 = 5, not 6, so\n2 + 3 = 5\ncheck: 5 - 3 = 2\n</think>\n\n5"],
+                 ["<think>\n2 + 3 = 5\n</think>\n\n5"], ["<think>\nwe check: it\n</think>\n\n5"]]
+    figures = score([ADD] * 4, responses, [[1]] * 4)
+    assert figures["self_check_rate"] == pytest.approx(2 / 4) and figures["correction_rate"] == pytest.approx(1 / 4)
 
 
 def test_generate_matches_plain_greedy_decoding():
@@ -82,6 +92,14 @@ def test_prompts():
     shots = generate_problems("linear", 2, 0, "train")
     assert tokenizer.decode(prompt_ids(tokenizer, problem, shots)) == \
         f"{render(shots[0])}{EOS}{render(shots[1])}{EOS}{problem.prompt}\n"
+    r1_zero = tokenizer.decode(prompt_ids(tokenizer, problem, [], "r1-zero"))
+    assert r1_zero.startswith("A conversation between User and Assistant. The user asks a question, and the Assistant "
+                              "solves it.") and r1_zero.endswith(f"User: {problem.prompt}\nAssistant:")
+    assert BOS not in r1_zero and USER not in r1_zero      # plain text, for a base model (R1 §2.2.1)
+    with pytest.raises(ConfigError, match="choose one"):
+        EvalConfig(few_shot=1, template="r1-zero")
+    with pytest.raises(ConfigError, match="'plain'"):
+        EvalConfig(template="plain")
 
 
 def test_mtp_accuracy_figures():

@@ -43,7 +43,8 @@ def init(tmp_path):
 
 
 def config(init, **changes):
-    settings = dict(init=init, rewards="toy=1", group_size=8, prompts_per_step=4, max_new_tokens=1, beta=0.0)
+    settings = dict(init=init, rewards="toy=1", group_size=8, prompts_per_step=4, max_new_tokens=1, beta=0.0,
+                    heldout=0)
     return GRPOConfig(**{**settings, **changes})
 
 
@@ -194,13 +195,29 @@ def test_grpo_command(init, tmp_path, capsys):
     fails(capsys, ["grpo", "--init", init, "--out", out, "--loss-agg", "mean"], "loss aggregation 'mean'")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--rewards", "accuracy=1,style=1"], "style")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--group-size", "1"], "group_size 1")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--clip-eps-high", "0.1"], "clip_eps_high 0.1")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--curriculum", "0.9,0.1"], "curriculum band (0.9, 0.1)")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--curriculum", "high"], "--curriculum 'high'")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--template", "r1-zero", "--few-shot", "1"], "choose one")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--template", "plain"], "template 'plain'")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--heldout", "5000"], "ask for at most")
     assert not out.exists()
     main(["grpo", "--init", init, "--out", str(out), "--max-steps", "2", "--group-size", "4", "--prompts-per-step",
-          "2", "--max-new-tokens", "8", "--rewards", "format=1,length=0.1", "--threads", "1"])
+          "2", "--max-new-tokens", "8", "--rewards", "format=1,length=0.1", "--threads", "1",
+          "--clip-eps-high", "0.28", "--dynamic-sampling", "2", "--curriculum", "0.1,0.9", "--heldout", "4",
+          "--pass-k", "2", "--eval-every", "1"])
     assert "grpo: 2 steps" in capsys.readouterr().out
-    assert json.loads((out / "run.json").read_text())["grpo"]["group_size"] == 4
+    settings = json.loads((out / "run.json").read_text())["grpo"]
+    assert settings["group_size"] == 4 and settings["curriculum"] == [0.1, 0.9] and settings["clip_eps_high"] == 0.28
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for r in records[0], records[-1]:     # held-out pass@1 and pass@k at the start and the end
+        assert 0 <= r["heldout_pass@1"] <= r["heldout_pass@2"] <= 1
+    assert all(0 <= r["heldout_accuracy"] <= 1 and "heldout_self_check" in r for r in records)
+    assert "heldout_pass@2" not in records[1] and records[1]["levels"] and "self_check" in records[1]
     main(["plot", str(out)])
-    assert {"reward.png", "length.png", "policy.png"} <= {p.name for p in out.iterdir()}
+    assert {"reward.png", "length.png", "policy.png", "heldout.png", "behaviour.png", "levels.png"} <= {
+        p.name for p in out.iterdir()}
 
 
 def test_a_rollout_without_signal_is_a_step_without_an_update(tmp_path):
@@ -227,3 +244,85 @@ def test_a_rollout_without_signal_is_a_step_without_an_update(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert all(r["skipped"] and r["zero_var_groups"] == 4 and "update_tokens_per_s" in r for r in records)
+
+
+def scripted(source, script):
+    """Make `source` sample script[q] (G texts; a text ending in '…' is cut at max_new_tokens, the others end with
+    end-of-sequence) as the completions of its question q, in place of the engine."""
+    def sample(prompts, question):
+        return [TOKENIZER.encode(text.rstrip("…")) + ([] if text.endswith("…") else [TOKENIZER.eos_id])
+                for j in range(len(prompts)) for text in script[question + j]]
+    source._sample = sample
+    return source
+
+
+def a_is_right(text, problem=None):
+    return 1.0 if text.startswith("a") else 0.0
+
+
+FLAT_RIGHT, FLAT_WRONG, MIXED = ["a", "a", "a", "a"], ["b", "b", "b", "b"], ["a", "b", "b", "b"]
+
+
+def test_dynamic_sampling_refills_the_groups_without_signal(init, monkeypatch):
+    monkeypatch.setitem(rewards.REWARDS, "toy", a_is_right)
+    monkeypatch.setattr(grpo_module, "accuracy_reward", a_is_right)   # the groups are judged by their answers
+    # 2 questions a step; round 1: q0 flat, q1 mixed; round 2: q2 flat, q3 mixed -> the step has its 2 groups
+    script = [FLAT_RIGHT, MIXED, FLAT_WRONG, ["a", "a", "b", "b"], *[FLAT_WRONG] * 8]
+    _, source = rollouts(init, group_size=4, prompts_per_step=2, dynamic_sampling=3, adv_scale="none")
+    batch = next(scripted(source, script))
+    figures = source.logs()
+    assert (figures["sampling_rounds"], figures["groups"], figures["zero_var_groups"]) == (2, 2, 2)
+    assert figures["reward"] == (4 + 1 + 0 + 2) / 16                   # over every completion sampled
+    # advantages r - mean: q1 [0.75, -0.25 x3], q3 [0.5, 0.5, -0.5, -0.5]
+    assert sorted(batch["advantages"].tolist()) == sorted([0.75, -0.25, -0.25, -0.25, 0.5, 0.5, -0.5, -0.5])
+    assert source.questions == 4
+    batch = next(source)                                                # q4..q9 all flat: 3 rounds, the cap
+    assert source.logs()["sampling_rounds"] == 3 and batch["input_ids"].shape[0] == 0 and source.questions == 10
+
+    _, plain = rollouts(init, group_size=4, prompts_per_step=2, adv_scale="none")   # without: q0 dropped only
+    batch = next(scripted(plain, script))
+    assert plain.logs()["sampling_rounds"] == 1 and batch["input_ids"].shape[0] == 4 and plain.questions == 2
+
+    # a format reward varies where every answer is wrong: dynamic sampling still drops such a group
+    monkeypatch.setitem(rewards.REWARDS, "toy", lambda text, problem=None: float(text.startswith("b")) / 2)
+    _, source = rollouts(init, group_size=4, prompts_per_step=2, dynamic_sampling=2)
+    batch = next(scripted(source, [["b", "c", "c", "c"], MIXED, ["c", "c", "b", "c"], FLAT_WRONG]))
+    assert source.logs()["groups"] == 1 and batch["input_ids"].shape[0] == 4      # q1 only: its answers differ
+
+
+def test_overlong_filtering_masks_truncated_completions(init, monkeypatch):
+    monkeypatch.setitem(rewards.REWARDS, "toy", a_is_right)
+    script = [["a", "b", "a…", "b…"]] * 4      # the third and fourth completions are cut at max_new_tokens
+    for masked, rows, advantages in ((False, 4, [0.5, -0.5, 0.5, -0.5]), (True, 2, [0.5, -0.5])):
+        _, source = rollouts(init, group_size=4, prompts_per_step=1, adv_scale="none", mask_truncated=masked)
+        batch = next(scripted(source, script))
+        # the group's mean counts the truncated completions (DAPO §3.4 masks their loss, not their reward)
+        assert batch["input_ids"].shape[0] == rows
+        assert sorted(batch["advantages"].tolist()) == sorted(advantages)
+        assert source.logs()["truncated"] == 0.5
+
+
+def test_the_curriculum_moves_each_task_by_its_pass_rate(init, monkeypatch):
+    monkeypatch.setitem(rewards.REWARDS, "toy", a_is_right)
+    monkeypatch.setattr(grpo_module, "accuracy_reward", a_is_right)   # the pass rate is the verifier's
+    # 4 questions a step, one of each task: arithmetic always right, countdown always wrong, the others mixed
+    script = [FLAT_RIGHT, MIXED, MIXED, FLAT_WRONG] * 4
+    _, source = rollouts(init, group_size=4, prompts_per_step=4, curriculum=(0.1, 0.9), difficulty=2,
+                         curriculum_window=4)
+    scripted(source, script)
+    next(source)
+    figures = source.logs()
+    assert figures["level_mix"] == {"2": 1.0}
+    assert figures["levels"] == {"arithmetic": 3, "expression": 2, "linear": 2, "countdown": 1}
+    state = json.loads(json.dumps(source.state_dict()))
+    second = next(source)
+    assert source.logs()["level_mix"] == {"1": 0.25, "2": 0.5, "3": 0.25}
+    assert source.logs()["levels"] == {"arithmetic": 4, "expression": 2, "linear": 2, "countdown": 1}
+    assert source.drawn == {"arithmetic/2": 1, "expression/2": 2, "linear/2": 2, "countdown/2": 1,
+                            "arithmetic/3": 1, "countdown/1": 1}
+    _, resumed = rollouts(init, group_size=4, prompts_per_step=4, curriculum=(0.1, 0.9), difficulty=2,
+                          curriculum_window=4)
+    resumed.load_state_dict(state)
+    again = next(scripted(resumed, script))
+    assert resumed.logs()["levels"] == source.logs()["levels"] and resumed.drawn == source.drawn
+    assert torch.equal(again["input_ids"], second["input_ids"])     # the same questions, at the same levels

@@ -13,7 +13,7 @@ from nanoseek.data.tasks import TASKS, generate, save_jsonl, verify
 from nanoseek.tokenizer import EOS
 from nanoseek.train import rejection
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.rejection import RejectionConfig, false_step, judge, rejection_sample
+from nanoseek.train.rejection import RejectionConfig, at_edge, false_step, judge, rejection_sample
 from nanoseek.train.sft import SFTBatches, SFTConfig, read_rows
 
 TOKENIZER = default_tokenizer()
@@ -52,6 +52,11 @@ def test_worked_traces_have_no_false_step(task):
     ("expand: 2n + 6 - 11 = 1\ncombine: 2n - 5 = 1", None),      # equations in the unknown are not claims
     ("add 5 to both sides: 2n = -10 + 6 = -4", None),              # a negative first term is not judged
     ("add: 8 + 9 = 17 -> 17 - 6\nsubtract: 17 - 6 = 11", None),
+    ("7 + 9 = 15\nwait: 7 + 9 = 16, not 15, so\n7 + 9 = 16, write 6", None),   # a slip caught on the next line
+    ("92 * 3: 2*3 = 7\nwait: 2*3 = 6, not 7, so\n92 * 3: 2*3 = 6", None),
+    ("7 + 9 = 15\nthen\nwait: 7 + 9 = 16, not 15, so", "7 + 9 = 15"),            # caught too late
+    ("7 + 9 = 15\nwait: 7 + 9 = 15, not 16, so", "7 + 9 = 15"),                  # not a correction of it
+    ("7 + 9 = 16\nwait: 7 + 9 = 17, not 16, so", "7 + 9 = 17"),                  # a 'correction' to a false value
 ])
 def test_false_step(reasoning, step):
     assert false_step(reasoning) == step
@@ -88,18 +93,23 @@ SCRIPT = [
 ]
 
 
-def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(rejection, "Engine", ScriptedEngine)
+def sample(tmp_path, monkeypatch, engine, **settings):
+    """rejection_sample over ADD and COUNTDOWN with `engine` in place of the inference engine: (counts, out)."""
+    monkeypatch.setattr(rejection, "Engine", engine)
     checkpoint = tmp_path / "model"
     save_checkpoint(small_model(vocab_size=TOKENIZER.vocab_size), checkpoint)
     TOKENIZER.save(checkpoint)
     prompts = tmp_path / "prompts.jsonl"
     save_jsonl([ADD, COUNTDOWN], prompts)
     out = tmp_path / "kept.jsonl"
-    counts = rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5), out)
+    return rejection_sample(RejectionConfig(str(checkpoint), str(prompts), k=5, **settings), out), out
+
+
+def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatch):
+    counts, out = sample(tmp_path, monkeypatch, ScriptedEngine)
     assert counts | {"generated_tokens": 0, "context": 0} == {
         "questions": 2, "samples": 10, "truncated": 1, "format": 2, "language": 1, "incorrect": 1, "false_step": 1,
-        "duplicate": 1,
+        "duplicate": 1, "solved": 0,
         "kept": 3, "questions_solved": 2, "generated_tokens": 0, "context": 0}
     rows = list(read_rows(out))
     assert [(r["prompt"], r["reasoning"], r["answer"]) for r in rows] == [
@@ -109,6 +119,40 @@ def test_rejection_keeps_verified_well_formed_distinct_rows(tmp_path, monkeypatc
     assert all(verify(r, r["answer"]) for r in rows)
     batch = next(SFTBatches((str(out),), TOKENIZER, SFTConfig(), batch_size=3, seed=0))   # SFT reads them
     assert batch["input_ids"].shape[0] == 3
+
+
+@pytest.mark.parametrize("greedy, samples, expected", [
+    (False, [False, True, False], True),      # greedy wrong, a sample right: at the edge
+    (True, [False, True, False], False),      # solved greedily already
+    (False, [False, False], False),           # beyond reach
+    (True, [True, True], False),
+])
+def test_at_edge(greedy, samples, expected):
+    assert at_edge(greedy, samples) is expected
+
+
+class EdgeEngine(ScriptedEngine):
+    """Samples as ScriptedEngine (request j of the sampled ones: SCRIPT[j]); greedy requests answer GREEDY[j]."""
+
+    def stream(self, ids):
+        sampled = [r for r in ids if self.requests[r][1].temperature > 0]
+        greedy = [r for r in ids if self.requests[r][1].temperature == 0]
+        yield from super().stream(sampled)
+        for j, r in enumerate(greedy):
+            ids = TOKENIZER.encode(GREEDY[j])
+            yield SimpleNamespace(request_id=r, index=0, finish_reason="stop",
+                                  sequence=SimpleNamespace(output_ids=ids, tokens=list(self.requests[r][0]) + ids))
+
+
+GREEDY = [f"<think>\n2 + 3 = 6\n</think>\n\n6{EOS}", f"<think>\ntry 5 * 2 = 10: yes\n</think>\n\n5 * 2{EOS}"]
+
+
+def test_rejection_at_the_edge_keeps_only_questions_the_greedy_answer_misses(tmp_path, monkeypatch):
+    # ADD: greedy '6' is wrong, two samples right -> at the edge, kept; COUNTDOWN: greedy right -> its one keepable
+    # sample is rejected as solved
+    counts, out = sample(tmp_path, monkeypatch, EdgeEngine, edge=True)
+    assert (counts["at_edge"], counts["solved"], counts["kept"], counts["questions_solved"]) == (1, 1, 2, 1)
+    assert [r["prompt"] for r in read_rows(out)] == [ADD.prompt, ADD.prompt]
 
 
 def test_rejection_sample_command(tmp_path, monkeypatch, capsys):
