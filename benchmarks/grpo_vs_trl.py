@@ -70,7 +70,7 @@ def ours(folder: Path, steps: int, seed: int) -> list[dict]:
     """`steps` + 1 GRPO steps of the nanoseek stage; per step: seconds, generation seconds, completion length."""
     out = folder / f"nanoseek-run-{seed}"
     config = GRPOConfig(init=str(folder / "nanoseek"), rewards=REWARDS, group_size=G, prompts_per_step=QUESTIONS,
-                        max_new_tokens=NEW_TOKENS, beta=BETA)
+                        max_new_tokens=NEW_TOKENS, beta=BETA, heldout=0)  # TRL evaluates nothing either
     train = dataclasses.replace(DEFAULT_TRAIN, max_steps=steps + 1, lr=LR, warmup_steps=0, save_every=10_000,
                                 seed=seed)
     grpo(config, train, out)

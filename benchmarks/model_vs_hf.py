@@ -1,12 +1,14 @@
 """nanoseek vs transformers' DeepseekV3ForCausalLM on the reference shape, measured side by side in one run.
 
 Training step: batch 8 x 256, forward + backward + AdamW. Prefill: tokens/s of a forward over the same batch.
-float32, and bf16 autocast (it pays on CPUs with AVX512-BF16 or AMX). Usage: python benchmarks/model_vs_hf.py [--threads 2] [--steps 5]
+float32, and bf16 autocast (it pays on CPUs with AVX512-BF16 or AMX); nanoseek eager, and with each block compiled
+(`train.loop.compile_blocks`, TrainConfig.compile; the warm-up step compiles, the timed ones do not). Usage: python benchmarks/model_vs_hf.py [--threads 2] [--steps 5]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import tempfile
 import time
 
@@ -18,6 +20,7 @@ try:
 except ImportError:
     pass
 from nanoseek.config import ModelConfig
+from nanoseek.train.loop import compile_blocks
 
 REFERENCE = dict(vocab_size=4096, hidden_size=256, num_hidden_layers=4, first_k_dense_replace=1,
                  num_attention_heads=8, q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
@@ -93,13 +96,16 @@ def main():
     precisions = {"float32": contextlib.nullcontext,
                   "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
     print(f"reference shape, batch {args.batch} x {args.seq}, {args.threads} threads, torch {torch.__version__}")
-    print(f"{'measure':<28}{'nanoseek':>14}{'transformers':>14}{'ratio':>8}")
+    print(f"{'measure':<38}{'nanoseek':>14}{'transformers':>14}{'ratio':>8}")
+    compiled = copy.deepcopy(ours)
+    compile_blocks(compiled)
     for name, autocast in precisions.items():
         for what, make, unit in (("train step", train_step_fn, "tok/s"), ("prefill", prefill_fn, "tok/s")):
-            t_ours, t_hf = timed_pair(make(ours, lambda m, x: m(x), ids, autocast),
-                                      make(hf, hf_logits, ids, autocast), args.steps)
-            print(f"{what + ' ' + name:<28}{tokens / t_ours:>10.0f} {unit}{tokens / t_hf:>10.0f} {unit}"
-                  f"{t_hf / t_ours:>7.2f}x")
+            for label, model in (("", ours), (", compiled", compiled)):
+                t_ours, t_hf = timed_pair(make(model, lambda m, x: m(x), ids, autocast),
+                                          make(hf, hf_logits, ids, autocast), args.steps)
+                print(f"{what + ' ' + name + label:<38}{tokens / t_ours:>10.0f} {unit}{tokens / t_hf:>10.0f} {unit}"
+                      f"{t_hf / t_ours:>7.2f}x", flush=True)
 
 
 if __name__ == "__main__":
