@@ -358,8 +358,8 @@ COMMANDS = {
 }
 
 
-# The commands that decode through the engine, whose steps are compiled unless --no-compile.
-DECODING = ("eval", "generate", "chat", "serve", "grpo", "rejection-sample", "distill", "run")
+# The commands that train or decode, whose blocks and decode steps are compiled unless --no-compile.
+COMPILING = ("pretrain", "sft", "eval", "generate", "chat", "serve", "grpo", "rejection-sample", "distill", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,10 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
         add_args(p)
-        if name in DECODING:
+        if name in COMPILING:
             p.add_argument("--no-compile", action="store_true",
-                           help="decode eagerly: no torch.compile of the engine's decode step (compiling takes "
-                                "seconds to a minute the first time; inductor caches it on disk)")
+                           help="run eagerly: no torch.compile of the training blocks and the engine's decode step "
+                                "(compiling takes seconds to a minute the first time; inductor caches it on disk)")
         p.set_defaults(run=run)
     return parser
 
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc, which starts torchrun with them
     if getattr(args, "no_compile", False):
-        from nanoseek.infer.forward import set_compile
+        from nanoseek.compiling import set_compile
 
         set_compile(False)
     try:

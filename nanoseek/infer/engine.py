@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
+from nanoseek.compiling import compile_enabled
 from nanoseek.errors import InferenceError
 from nanoseek.infer import speculative
-from nanoseek.infer.forward import Forward, compile_enabled, decode
+from nanoseek.infer.forward import Forward, decode
 from nanoseek.infer.kv_cache import BlockPool
 from nanoseek.infer.prefix_cache import PrefixCache, fingerprint
 from nanoseek.infer.request import EngineStats, Request, Sequence, Update
@@ -50,7 +51,7 @@ class EngineConfig:
     prefix_cache_dir: str | None = None     # also keep them on disk, across engine restarts
     speculative: bool = False               # MTP self-speculative decoding (needs a model with an MTP module)
     compile: bool | None = None             # decode steps through torch.compile (forward.py); False: eager;
-                                            # None: the process's setting (forward.set_compile, on by default)
+                                            # None: the process's (nanoseek.compiling, on by default)
 
     def __post_init__(self):
         for name, ok, expected in [("cache_mb", self.cache_mb > 0, "> 0"), ("block_size", self.block_size >= 1, ">= 1"),

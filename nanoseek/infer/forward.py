@@ -35,18 +35,6 @@ PARALLEL_TOKENS = 128  # forwards over fewer tokens than this run on one CPU thr
 torch._dynamo.config.recompile_limit = 64
 _compiled: dict[tuple[Callable, str | None], Callable] = {}  # shared by every engine of the process
 _shapes: set = set()                                           # (function, shapes) compiled so far
-_enabled = True                                                # see `set_compile`
-
-
-def set_compile(enabled: bool) -> None:
-    """Compile (the default) or run eagerly, for every engine of this process whose EngineConfig leaves `compile`
-    unset: the command line's --no-compile."""
-    global _enabled
-    _enabled = enabled
-
-
-def compile_enabled() -> bool:
-    return _enabled
 
 
 @contextlib.contextmanager
@@ -130,8 +118,7 @@ class Forward:
             options = {"triton.cudagraphs": True} if mode else {"cpp_wrapper": True}
             _compiled[fn, mode] = torch.compile(fn, dynamic=True, options=options)
         compiled = _compiled[fn, mode]
-        shape = (fn, mode, id(self.model), batch.read.shape, batch.read.device, self.pool.kv[0].dtype,
-                 torch.get_num_threads())
+        shape = (fn, mode, id(self.model), batch.read.shape, batch.read.device, self.pool.kv[0].dtype)
         if shape in _shapes:
             return compiled(self.model, batch, *inputs)
         start = time.perf_counter()

@@ -377,6 +377,8 @@ class Rollouts:
         c = self.config
         start = time.perf_counter()
         sampled, kept, rounds = [], [], 0
+        training = self.sampler.training
+        self.sampler.eval()  # one switch for the rollout, not one per engine step
         while True:
             groups = self._round()
             rounds += 1
@@ -388,6 +390,7 @@ class Rollouts:
             kept += [groups[i] for i in groups_with_signal(accuracy, c.prompts_per_step - len(kept))]
             if len(kept) == c.prompts_per_step or rounds == c.dynamic_sampling:
                 break
+        self.sampler.train(training)
         generation_s = time.perf_counter() - start
         if self.curriculum is not None:
             for g in sampled:

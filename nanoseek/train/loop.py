@@ -32,9 +32,9 @@ import torch
 from tqdm import tqdm
 
 from nanoseek import distributed
+from nanoseek.compiling import compile_enabled
 from nanoseek.cost import flops_per_token, measure_matmul_peak
 from nanoseek.errors import ConfigError, NanoseekError
-from nanoseek.infer.forward import compile_enabled
 from nanoseek.model import Transformer
 from nanoseek.train.metrics import METRICS, MetricsLog, expert_load, truncate_metrics
 from nanoseek.train.schedule import warmup_cosine, warmup_stable_decay
@@ -63,7 +63,8 @@ class TrainConfig:
     bias_update_speed: float = 0.001   # γ, V3 §4.2
     balance_weight: float = 1e-4       # α of the sequence-wise balance loss, V3 §4.2
     bf16: bool = False                 # bf16 autocast; weights, optimizer and routing bias stay float32
-    compile: bool = False              # torch.compile each block, forward and backward (`compile_blocks`)
+    compile: bool = True               # torch.compile each block, forward and backward (`compile_blocks`), unless
+                                       # the process runs eagerly (--no-compile)
     expert_parallel: bool = False      # under torchrun: routed experts split across ranks (all-to-all dispatch)
     eval_every: int = 0                # 0: evaluate at the end only (when the stage gives an evaluation)
     save_every: int = 100

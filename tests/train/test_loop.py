@@ -9,7 +9,7 @@ from train_helpers import RandomBatches, small_model
 
 from nanoseek.cost import flops_per_token
 from nanoseek.errors import NanoseekError
-from nanoseek.train.loop import StepLoss, TrainConfig, accumulate_gradients, lm_loss, train
+from nanoseek.train.loop import StepLoss, TrainConfig, accumulate_gradients, compile_blocks, lm_loss, train
 from nanoseek.train.state import checkpoint_dirs
 
 
@@ -167,3 +167,19 @@ def test_bf16_autocast_step_is_close_to_float32_and_silent(tmp_path, recwarn):
         losses[bf16] = train(small_model(), RandomBatches(), lm_loss(0.3, 1e-4), config, tmp_path / str(bf16)).loss
     assert losses[True] == pytest.approx(losses[False], rel=0.02) and losses[True] != losses[False]
     assert not [str(w.message) for w in recwarn if "dtype" in str(w.message)]
+
+
+def test_compiled_blocks_give_the_eager_gradients():
+    """compile_blocks (TrainConfig.compile): each block's forward and backward compiled, dense, MoE (the grouped
+    expert product) and MTP blocks alike; the loss and every gradient as the eager model's."""
+    batch = next(RandomBatches(batch_size=4))
+    eager, compiled = small_model(), small_model()
+    compile_blocks(compiled)
+    loss_fn = lm_loss(0.3, 1e-4)
+    want = accumulate_gradients(eager.train(), [batch], loss_fn)
+    got = accumulate_gradients(compiled.train(), [batch], loss_fn)
+    assert got.loss.item() == pytest.approx(want.loss.item(), rel=1e-5)
+    g_eager, g_compiled = grads(eager), grads(compiled)
+    assert g_eager.keys() == g_compiled.keys() and any("experts" in name for name in g_eager)
+    for name in g_eager:
+        torch.testing.assert_close(g_compiled[name], g_eager[name], rtol=1e-4, atol=1e-6, msg=name)
