@@ -2,7 +2,8 @@
 
 Training step: batch 8 x 256, forward + backward + AdamW. Prefill: tokens/s of a forward over the same batch.
 float32, and bf16 autocast (it pays on CPUs with AVX512-BF16 or AMX); nanoseek eager, and with each block compiled
-(`train.loop.compile_blocks`, TrainConfig.compile; the warm-up step compiles, the timed ones do not). Usage: python benchmarks/model_vs_hf.py [--threads 2] [--steps 5]
+(`train.loop.compile_blocks`, TrainConfig.compile; the warm-up step compiles, the timed ones do not).
+Usage: python benchmarks/model_vs_hf.py [--threads 2] [--steps 5]
 """
 from __future__ import annotations
 

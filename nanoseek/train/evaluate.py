@@ -85,9 +85,9 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_token
     engine = Engine(model, EngineConfig(cache_mb=cache_mb(model, max_seqs, longest), max_seqs=max_seqs,
                                         prefix_cache=False))
     stop = () if stop_id is None else (stop_id,)
-    ids = [engine.add_request(p, SamplingParams(temperature=temperature, max_tokens=max_new_tokens, n=samples,
-                                                stop_token_ids=stop, ignore_eos=True, seed=seed * 1_000_003 + i * samples))
-           for i, p in enumerate(prompts)]
+    params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, n=samples, stop_token_ids=stop,
+                             ignore_eos=True, seed=seed * 1_000_003 + i * samples) for i in range(len(prompts))]
+    ids = [engine.add_request(p, s) for p, s in zip(prompts, params)]
     done = {}
     for update in engine.stream(ids):
         if update.finish_reason is not None:

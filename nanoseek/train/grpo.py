@@ -298,8 +298,8 @@ class Rollouts:
         self.rewards = RewardSet.parse(config.rewards)
         # room for every completion of a rollout at the model's full context, so no request waits for the cache
         n = config.prompts_per_step * config.group_size
-        self.engine = Engine(self.sampler, EngineConfig(cache_mb=cache_mb(model, n, model.config.max_position_embeddings),
-                                                        max_seqs=n, prefix_cache=False))
+        room = cache_mb(model, n, model.config.max_position_embeddings)
+        self.engine = Engine(self.sampler, EngineConfig(cache_mb=room, max_seqs=n, prefix_cache=False))
         self.params = SamplingParams(temperature=config.temperature, max_tokens=config.max_new_tokens,
                                      n=config.group_size, stop_token_ids=(tokenizer.eos_id,))
         self.file = load_problems(EvalConfig(data=config.prompts)) if config.prompts else None
