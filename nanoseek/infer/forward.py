@@ -9,7 +9,8 @@ step). A decode step is padded to a bucket: the batch up to a power of two (rows
 compiled with symbolic sizes, so one serves many buckets: a batch of one, and the batches whose experts are
 gathered or grouped, make a few per model. Inductor keeps them in its on-disk cache (`torch._inductor`'s FX graph
 cache), so the next process loads them in seconds. On a GPU the compiled step is also captured as a CUDA graph
-(mode="reduce-overhead"), one recording per bucket, which replays the whole step with one launch.
+(inductor's cudagraphs, what mode="reduce-overhead" turns on), one recording per bucket, which replays the whole
+step with one launch.
 
 Prefill chunks have as many shapes as prompts have lengths, and a chunk's cost is its arithmetic: they run eager.
 The eager path is the reference the tests hold the compiled one to. A forward over few tokens, compiled or not, runs
@@ -33,16 +34,15 @@ PARALLEL_TOKENS = 128  # forwards over fewer tokens than this run on one CPU thr
 # A few graphs per function and model (see above), and every model of the process shares the functions:
 # torch.compile's default limit of 8 graphs per function would send the rest back to eager.
 torch._dynamo.config.recompile_limit = 64
-_compiled: dict[tuple[Callable, str | None], Callable] = {}  # shared by every engine of the process
+_compiled: dict[tuple[Callable, bool], Callable] = {}  # by function and CUDA or not, for every engine
 _shapes: set = set()                                           # (function, shapes) compiled so far
 
 
 @contextlib.contextmanager
 def threads_for(tokens: int):
-    """Run a forward over few tokens on one CPU thread: its matrix products are too small to repay waking a second
-    one. Measured on 2 AMD EPYC cores: (8 x 256) @ (256 x 512) takes 2x as long on two threads as on one, and over
-    100x when the cores are shared with other work (an index_add_ of 64 rows took 22 ms); from a few hundred rows
-    on, the second thread helps. A step compiled inside this context is compiled for one thread."""
+    """Run a forward over few tokens on one CPU thread: its operations are too small to repay waking a second one,
+    and on a CPU shared with other work a second thread that waits for a descheduled sibling makes each of them far
+    slower (docs/engine.md has the measurements). A step compiled inside this context is compiled for one thread."""
     threads = torch.get_num_threads()
     if tokens >= PARALLEL_TOKENS or threads == 1:
         yield
@@ -67,8 +67,8 @@ def decode(model: Transformer, batch: PagedBatch, ids: torch.Tensor) -> tuple[to
 
 
 class Forward:
-    """`prefill(seqs, starts, lengths)` runs chunks eagerly; `decode(fn, seqs, T, *inputs)` runs `fn(model, batch,
-    *inputs)` on a padded batch, compiled per bucket when `compile` is on, and returns its outputs cut to the real
+    """`prefill(seqs, starts, lengths)` runs chunks eagerly; `decode(fn, seqs, T, ids, *inputs)` runs `fn(model,
+    batch, ids, *inputs)` on a padded batch, compiled when `compile` is on, and returns its outputs cut to the real
     rows. Functions given to `decode` take the model, a PagedBatch and tensors whose first dimension is the batch."""
 
     def __init__(self, model: Transformer, pool: BlockPool, compile: bool):
@@ -111,23 +111,22 @@ class Forward:
     def _run(self, fn: Callable, batch: PagedBatch, *inputs):
         if not self.compile:
             return fn(self.model, batch, *inputs)
-        mode = "reduce-overhead" if batch.read.is_cuda else None
-        if (fn, mode) not in _compiled:
-            # on a CPU, the generated code calls its kernels from C++ rather than Python (cpp_wrapper): a tenth of a
-            # millisecond less per step; on a GPU, CUDA graphs
-            options = {"triton.cudagraphs": True} if mode else {"cpp_wrapper": True}
-            _compiled[fn, mode] = torch.compile(fn, dynamic=True, options=options)
-        compiled = _compiled[fn, mode]
-        shape = (fn, mode, id(self.model), batch.read.shape, batch.read.device, self.pool.kv[0].dtype)
+        cuda = batch.read.is_cuda
+        if (fn, cuda) not in _compiled:
+            # a CPU's generated code calls its kernels from C++ rather than Python (cpp_wrapper); a GPU's step is a
+            # CUDA graph
+            options = {"triton.cudagraphs": True} if cuda else {"cpp_wrapper": True}
+            _compiled[fn, cuda] = torch.compile(fn, dynamic=True, options=options)
+        shape = (fn, id(self.model), batch.read.shape, batch.read.device, self.pool.kv[0].dtype)
         if shape in _shapes:
-            return compiled(self.model, batch, *inputs)
+            return _compiled[fn, cuda](self.model, batch, *inputs)
         start = time.perf_counter()
-        out = compiled(self.model, batch, *inputs)
+        out = _compiled[fn, cuda](self.model, batch, *inputs)
         seconds = time.perf_counter() - start
         if not _shapes:
-            print(f"nanoseek: compiled the decode step in {seconds:.1f} s (batch {batch.read.shape[0]}; other batch "
-                  "sizes compile on first use, and inductor keeps them on disk for later runs; --no-compile runs "
-                  "eagerly)", file=sys.stderr, flush=True)
+            print(f"nanoseek: compiled the decode step in {seconds:.1f} s (other batch sizes may compile on first use; "
+                  "inductor keeps the result on disk for later runs; --no-compile runs eagerly)", file=sys.stderr,
+                  flush=True)
         _shapes.add(shape)
         self.compile_seconds += seconds
         return out
