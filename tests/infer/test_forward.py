@@ -23,10 +23,16 @@ def compiled_and_eager(model, batches, new_tokens: int, speculative: bool) -> tu
     return outs[0], outs[1]
 
 
-@pytest.mark.parametrize("speculative", [False, True])
-def test_compiled_greedy_tokens_equal_eager_ones(speculative):
-    """The CI's short version: one model of a few thousand parameters, batches of 1 and 3 (padded to 4)."""
-    model = make_model(TINY, seed=21)
+STUDENT = ModelConfig.from_preset("tiny-student").replace(vocab_size=TINY.vocab_size, hidden_size=48,
+                                                          intermediate_size=64, num_hidden_layers=2)
+
+
+@pytest.mark.parametrize("config, speculative", [(TINY, False), (TINY, True), (STUDENT, False)],
+                         ids=["mla-moe", "mla-moe-speculative", "gqa-student"])
+def test_compiled_greedy_tokens_equal_eager_ones(config, speculative):
+    """The CI's short version: models of a few thousand parameters (MLA and DeepSeekMoE with an MTP module, and a
+    dense GQA student), batches of 1 and 3 (padded to 4)."""
+    model = make_model(config, seed=21)
     batches = [prompts([7], seed=1), prompts([5, 12, 3], seed=2)]
     compiled, eager = compiled_and_eager(model, batches, 12, speculative)
     assert compiled == eager

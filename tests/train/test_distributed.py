@@ -24,7 +24,9 @@ PRETRAIN = ["pretrain", "--preset", "tiny", "--max-steps", "6", "--seed", "5", "
 
 
 def nanoseek(*args) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "nanoseek", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    """The command in a process of its own, eager as the suite is (tests/conftest.py)."""
+    proc = subprocess.run([sys.executable, "-m", "nanoseek", *map(str, args), "--no-compile"], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from train_helpers import small_model
 
 from nanoseek.checkpoint import save_checkpoint
-from nanoseek.cli import main
+from nanoseek.cli import COMPILING, main
 from nanoseek.config import ModelConfig
 from nanoseek.model import Transformer
 from nanoseek.train.default_tokenizer import default_tokenizer
@@ -31,8 +31,13 @@ def text_file(tmp_path_factory):
 
 
 def nanoseek(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "nanoseek", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, **kwargs)
+    """The command in a process of its own, eager as the suite is (tests/conftest.py) when it trains or decodes."""
+    return subprocess.run([sys.executable, "-m", "nanoseek", *eager(args)], cwd=ROOT, capture_output=True, text=True,
+                          **kwargs)
+
+
+def eager(args) -> list[str]:
+    return [*map(str, args), *(["--no-compile"] if args[0] in COMPILING else [])]
 
 
 def fails(capsys, argv, *words):
@@ -87,7 +92,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, text_file):
     straight = nanoseek(*args, "--out", tmp_path / "a")
     assert straight.returncode == 0, straight.stderr
     killed = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "nanoseek", *map(str, args), "--out", killed], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "nanoseek", *eager(args), "--out", killed], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step-000008").exists() and proc.poll() is None and time.time() < deadline:
