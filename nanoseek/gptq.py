@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nanoseek.data import generate_mix
+from nanoseek.model.attention import MLA
 from nanoseek.model.moe import Experts, expert_weight_name
 from nanoseek.tokenizer import Tokenizer, chat_ids
 
@@ -62,6 +63,9 @@ def hessians(model: nn.Module, sequences: Sequence[Sequence[int]], progress: boo
     def linear_hook(name: str):
         return lambda module, inputs, output: accumulate(name, inputs[0])
 
+    def linear_output_hook(name: str):
+        return lambda module, inputs, output: accumulate(name, output)
+
     def experts_hook(name: str):
         def hook(module: Experts, inputs: tuple, output: torch.Tensor) -> None:
             x, _, indices = inputs
@@ -77,6 +81,9 @@ def hessians(model: nn.Module, sequences: Sequence[Sequence[int]], progress: boo
                if isinstance(m, nn.Linear)]
     handles += [m.register_forward_hook(experts_hook(name)) for name, m in model.named_modules()
                 if isinstance(m, Experts)]
+    # MLA uses kv_b_proj as a matrix, not through its forward (model/attention.py): its input is kv_a_layernorm's output
+    handles += [m.kv_a_layernorm.register_forward_hook(linear_output_hook(name + ".kv_b_proj.weight"))
+                for name, m in model.named_modules() if isinstance(m, MLA)]
     was_training = model.training
     model.eval()
     try:

@@ -94,6 +94,9 @@ def test_hessians_hold_each_layers_inputs_and_experts_see_only_their_tokens():
         h = F.silu(mine @ experts.gate_proj[e].T) * (mine @ experts.up_proj[e].T)
         assert torch.allclose(sums[f"{moe}experts.{e}.down_proj.weight"], h.T @ h, rtol=1e-4, atol=1e-3)
     assert "mtp.0.self_attn.q_a_proj.weight" in sums  # the MTP module ran too
+    # every plain linear layer has its inputs, kv_b_proj too, though MLA uses it as a matrix rather than a module
+    linears = {name + ".weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears <= sums.keys()
     assert model.training is False
 
 

@@ -68,7 +68,8 @@ def cache_mb(model: Transformer, sequences: int, tokens: int) -> float:
     room."""
     c = model.config
     per_token = sum(c.cache_widths()) * c.num_hidden_layers * model.embed_tokens.weight.element_size()
-    return sequences * (tokens + EngineConfig.block_size) * per_token / 2**20  # + a block of rounding each
+    # + a block of rounding each, and the pool's block 0, which holds no sequence
+    return (sequences * (tokens + EngineConfig.block_size) + EngineConfig.block_size) * per_token / 2**20
 
 
 class Engine:

@@ -34,7 +34,7 @@ PARALLEL_TOKENS = 128  # forwards over fewer tokens than this run on one CPU thr
 # A few graphs per function and model (see above), and every model of the process shares the functions:
 # torch.compile's default limit of 8 graphs per function would send the rest back to eager.
 torch._dynamo.config.recompile_limit = 64
-_compiled: dict[tuple[Callable, bool], Callable] = {}  # by function and CUDA or not, for every engine
+_compiled: dict[tuple[Callable, bool, int], Callable] = {}  # by function, CUDA or not and threads, for every engine
 _shapes: set = set()                                           # (function, shapes) compiled so far
 
 
@@ -112,16 +112,18 @@ class Forward:
         if not self.compile:
             return fn(self.model, batch, *inputs)
         cuda = batch.read.is_cuda
-        if (fn, cuda) not in _compiled:
+        # inductor writes a CPU's thread count into the code it generates: one compiled function per count
+        key = (fn, cuda, torch.get_num_threads())
+        if key not in _compiled:
             # a CPU's generated code calls its kernels from C++ rather than Python (cpp_wrapper); a GPU's step is a
             # CUDA graph
             options = {"triton.cudagraphs": True} if cuda else {"cpp_wrapper": True}
-            _compiled[fn, cuda] = torch.compile(fn, dynamic=True, options=options)
-        shape = (fn, id(self.model), batch.read.shape, batch.read.device, self.pool.kv[0].dtype)
+            _compiled[key] = torch.compile(fn, dynamic=True, options=options)
+        shape = (*key, id(self.model), batch.read.shape, batch.read.device, self.pool.kv[0].dtype)
         if shape in _shapes:
-            return _compiled[fn, cuda](self.model, batch, *inputs)
+            return _compiled[key](self.model, batch, *inputs)
         start = time.perf_counter()
-        out = _compiled[fn, cuda](self.model, batch, *inputs)
+        out = _compiled[key](self.model, batch, *inputs)
         seconds = time.perf_counter() - start
         if not _shapes:
             print(f"nanoseek: compiled the decode step in {seconds:.1f} s (other batch sizes may compile on first use; "

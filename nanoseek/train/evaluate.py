@@ -82,6 +82,7 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_token
     responses are reproducible: prompt i draws with seed `seed * 1_000_003 + i * samples` (its samples from there
     on)."""
     longest = max(map(len, prompts)) + max_new_tokens
+    max_seqs = max(max_seqs, samples)  # a prompt's samples run together
     engine = Engine(model, EngineConfig(cache_mb=cache_mb(model, max_seqs, longest), max_seqs=max_seqs,
                                         prefix_cache=False))
     stop = () if stop_id is None else (stop_id,)

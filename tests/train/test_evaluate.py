@@ -85,6 +85,14 @@ def test_sampling_is_seeded():
     assert a == b != c and len({tuple(r) for r in a}) > 1
 
 
+def test_more_samples_than_sequences_at_a_time_and_a_cache_sized_to_the_block():
+    model = small_model().eval()
+    out = generate(model, [[1, 2, 3]], 8, None, temperature=1.0, samples=5, max_seqs=2)
+    assert len(out) == 5 and all(len(r) == 8 for r in out)
+    # one sequence of 17 tokens needs two blocks of 16, beside the pool's block 0
+    assert len(generate(model, [[1] * 9], 8, None, max_seqs=1)[0]) == 8
+
+
 def test_prompts():
     tokenizer = default_tokenizer()
     problem = generate_problems("linear", 1, 0, "eval")[0]
