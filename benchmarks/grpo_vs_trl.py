@@ -6,7 +6,7 @@ Same for both: the model (a nanoseek checkpoint, exported in Hugging Face's Deep
 most 64 new tokens at temperature 1, β = 0.04 (both keep a reference model), μ = 1, ε = 0.2, the per-sequence loss
 of DeepSeekMath (TRL: loss_type="grpo"), advantages scaled by the group's std, learning rate 2e-4, float32, torch's
 threads. After one warm-up step, each side runs `--steps` steps per round; rounds alternate the two so both see
-the same machine load, and the median step is reported.
+the same machine load, and the median step is reported (nanoseek's steps that took no update left out).
 
 Split: "generation" is sampling the 64 completions (nanoseek: the engine's batch; TRL: its `_generate`, HF
 generate); "update" is everything else in the step: scoring, the reference model's log-probabilities, forward,
@@ -162,15 +162,19 @@ def main() -> None:
     print(f"{'':<10}{'step (s)':>10}{'generation (s)':>16}{'update (s)':>12}{'mean length':>13}")
     rows = {}
     for name, steps in results.items():
+        # like for like: TRL takes its passes whatever the advantages, so nanoseek's steps that took no update (every
+        # group's rewards equal) are left out of its medians
+        steps = [s for s in steps if not s.get("no_update")] or steps
+        results[name] = steps
         step, gen = median(steps, "step_s"), median(steps, "generation_s")
         rows[name] = step
         print(f"{name:<10}{step:>10.2f}{gen:>16.2f}{step - gen:>12.2f}{median(steps, 'length'):>13.1f}")
     print(f"speed-up: {rows['trl'] / rows['nanoseek']:.1f}x per step")
-    skipped = sum(s["no_update"] for s in results["nanoseek"])
-    if skipped:  # TRL takes its forward and backward passes whatever the advantages
-        print(f"warning: in {skipped} of nanoseek's {len(results['nanoseek'])} steps every group's rewards were equal "
-              f"and it took no update, so those steps were generation only: pass --init with a trained checkpoint "
-              f"(e.g. runs/r1/sft) for a like-for-like comparison")
+    skipped = args.rounds * args.steps - len(results["nanoseek"])
+    if skipped:
+        print(f"{skipped} of nanoseek's {args.rounds * args.steps} steps took no update (every group's rewards equal) "
+              f"and are left out of its medians; with a fresh model most are: pass --init with a trained checkpoint "
+              f"(e.g. runs/r1/sft)")
     print(json.dumps({k: {"step_s": median(v, "step_s"), "generation_s": median(v, "generation_s")}
                       for k, v in results.items()}))
 
