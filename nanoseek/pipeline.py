@@ -167,14 +167,15 @@ def recipe(size: str = "default") -> Recipe:
               about="cold start on worked reasoning traces"),
         Stage("grpo", "grpo", "sft", reasoning_rl, rl_budget(steps["grpo"], bias_update_speed=0.0),
               about="reasoning RL; accuracy + format + language-consistency rewards"),
-        # expert iteration at the edge of competence (STaR, ReST): questions of levels 1-3 whose greedy answer is
-        # wrong but some of 4 samples right, the verified samples kept, replayed with as much cold-start data
+        # expert iteration at the edge of competence (STaR, ReST): questions of levels 1-5 whose greedy answer is
+        # wrong but some of 4 samples right, the verified samples kept, replayed with as much cold-start data; a
+        # low learning rate, as few samples are kept (docs/recipe.md)
         Stage("rejection-sft", "rejection-sft", "grpo",
               RejectionSFT(steps["questions"], RejectionConfig(checkpoint="", prompts="", k=4, seed=REJECTION_SEED,
                                                                max_new_tokens=16 if smoke else 192, edge=True),
-                           SFTConfig(seq_len=64 if smoke else 512), levels=(1, 2, 3), replay=1.0),
-              budget(SFT_TRAIN, steps["rft"], lr=3e-4),
-              about=f"rejection sampling of {steps['questions']} questions x 4 at levels 1-3, the edge of "
+                           SFTConfig(seq_len=64 if smoke else 512), levels=(1, 2, 3, 4, 5), replay=1.0),
+              budget(SFT_TRAIN, steps["rft"], lr=1e-4),
+              about=f"rejection sampling of {steps['questions']} questions x 4 at levels 1-5, the edge of "
                     f"competence kept, then SFT on it with a replay of cold-start data"),
         Stage("grpo-final", "grpo", "rejection-sft", final_rl, rl_budget(steps["final"], bias_update_speed=0.0),
               about="the last RL stage, its levels moved by the curriculum"),
