@@ -25,7 +25,8 @@ from nanoseek.atomic import write_atomic
 from nanoseek.config import ModelConfig
 from nanoseek.train.distill import DEFAULT_TRAIN as DISTILL_TRAIN, DistillConfig, distill
 from nanoseek.train.evaluate import EvalConfig, evaluate_checkpoint
-from nanoseek.train.grpo import DEFAULT_TRAIN as GRPO_TRAIN, GRPOConfig, grpo
+from nanoseek.train.grpo import DEFAULT_TRAIN as GRPO_TRAIN, GRPOConfig
+from nanoseek.train.rl import grpo
 from nanoseek.train.sft import DEFAULT_TRAIN as SFT_TRAIN, SFTConfig, sft
 
 STUDENT = "tiny-student"

@@ -48,7 +48,9 @@ from nanoseek.tokenizer import Tokenizer  # noqa: E402
 from nanoseek.train.data import DIFFICULTY  # noqa: E402
 from nanoseek.train.default_tokenizer import default_tokenizer  # noqa: E402
 from nanoseek.train.evaluate import prompt_ids  # noqa: E402
-from nanoseek.train.grpo import DEFAULT_TRAIN, PROMPT_SEED, GRPOConfig, grpo  # noqa: E402
+from nanoseek.train.grpo import DEFAULT_TRAIN, GRPOConfig  # noqa: E402
+from nanoseek.train.rl import grpo  # noqa: E402
+from nanoseek.train.rollouts import PROMPT_SEED  # noqa: E402
 from nanoseek.train.metrics import read_metrics  # noqa: E402
 from nanoseek.train.rewards import RewardSet  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Tests for nanoseek/pipeline.py (`nanoseek run`): the smoke recipe end to end, what it writes, that every stage's
+"""Tests for nanoseek/recipe/ (`nanoseek run`): the smoke recipe end to end, what it writes, that every stage's
 checkpoint serves and exports, and that a second run redoes nothing; the quick recipe as a slow test."""
 import dataclasses
 import json
@@ -82,7 +82,8 @@ def test_quick_run(tmp_path):
 
 def test_rejection_questions_take_the_levels_in_turn_and_replay_mixes_in_cold_start_rows(tmp_path):
     from nanoseek.data.tasks import TASKS, verify
-    from nanoseek.pipeline import RejectionSFT, rejection_prompts, with_replay
+    from nanoseek.recipe.runner import rejection_prompts, with_replay
+    from nanoseek.recipe.stages import RejectionSFT
     from nanoseek.train.rejection import RejectionConfig
     from nanoseek.train.sft import SFTConfig
 

@@ -26,22 +26,16 @@ from nanoseek.checkpoint import CONFIG
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
 from nanoseek.model import Transformer
-from nanoseek.tokenizer import Tokenizer
-from nanoseek.train.state import (CHECKPOINTS, TRAINER, _python_random, _restore_rng, _rng_tensors,
-                                  latest_checkpoint, publish)
-
-METADATA = ".metadata"
-
-
-def is_distributed_checkpoint(path: Path) -> bool:
-    return (Path(path) / METADATA).is_file()
+from nanoseek.train.run_folder import (CHECKPOINTS, DCP_METADATA, TRAINER, is_distributed_checkpoint,
+                                       latest_checkpoint, publish, step_dir)
+from nanoseek.train.state import python_random, restore_rng, rng_tensors
 
 
 def save_distributed_state(run: Path, step: int, model: Transformer, optimizer: torch.optim.Optimizer,
                            trainer: dict, keep_last: int) -> Path:
     """Write checkpoint `step` from every rank (collective) and keep only the newest `keep_last`."""
-    folder = Path(run) / CHECKPOINTS
-    final, tmp = folder / f"step-{step:06d}", folder / f".tmp-step-{step:06d}"
+    final = step_dir(run, step)
+    tmp = final.parent / f".tmp-{final.name}"
     if distributed.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -49,8 +43,8 @@ def save_distributed_state(run: Path, step: int, model: Transformer, optimizer: 
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
     r = distributed.rank()
-    save_file(_rng_tensors(), tmp / f"rank-{r:05d}.safetensors")
-    (tmp / f"rank-{r:05d}.json").write_text(json.dumps({"python_random": _python_random()}))
+    save_file(rng_tensors(), tmp / f"rank-{r:05d}.safetensors")
+    (tmp / f"rank-{r:05d}.json").write_text(json.dumps({"python_random": python_random()}))
     if distributed.is_main():
         (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=1) + "\n")
         (tmp / TRAINER).write_text(json.dumps(dict(trainer, step=step, ranks=distributed.world()), indent=1) + "\n")
@@ -87,25 +81,9 @@ def load_distributed_state(path: Path, model: Transformer, optimizer: torch.opti
         raise CheckpointError(f"distributed checkpoint {path} cannot be read: {str(e).splitlines()[0]}") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     r = distributed.rank() if (path / f"rank-{distributed.rank():05d}.json").is_file() else 0
-    python_random = json.loads((path / f"rank-{r:05d}.json").read_text())["python_random"]
-    _restore_rng(load_file(path / f"rank-{r:05d}.safetensors"), python_random)
+    saved_random = json.loads((path / f"rank-{r:05d}.json").read_text())["python_random"]
+    restore_rng(load_file(path / f"rank-{r:05d}.safetensors"), saved_random)
     return trainer
-
-
-def run_tokenizer(path: str | Path, config: ModelConfig) -> Tokenizer:
-    """The tokenizer of the run that wrote checkpoint folder (or run folder) `path`: the run's own when it finished,
-    else the one its stage started from (run.json's init), else the shipped default."""
-    from nanoseek.train.stage import RUN, stage_tokenizer
-
-    path = Path(path)
-    run = path if (path / CHECKPOINTS).is_dir() else path.parent.parent
-    if (run / "tokenizer.json").is_file():
-        return Tokenizer.from_dir(run)
-    init = None
-    if (run / RUN).is_file():
-        settings = json.loads((run / RUN).read_text())
-        init = settings.get(settings.get("stage", ""), {}).get("init")
-    return stage_tokenizer(init, config)
 
 
 def consolidate(path: str | Path) -> Transformer:
@@ -116,7 +94,7 @@ def consolidate(path: str | Path) -> Transformer:
     if not is_distributed_checkpoint(path):
         if (path / "model.safetensors").is_file():
             raise CheckpointError(f"{path} was written by a single process: it already is a plain checkpoint")
-        raise CheckpointError(f"{path} is not a distributed checkpoint (no {METADATA}); expected a "
+        raise CheckpointError(f"{path} is not a distributed checkpoint (no {DCP_METADATA}); expected a "
                               f"{CHECKPOINTS}/step-* folder written under torchrun, or its run folder")
     model = Transformer(ModelConfig.load(path / CONFIG))
     state = {"model": model.state_dict()}

@@ -17,13 +17,11 @@ forward. The student's own main head is trained on this loss (no MTP or balance 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,16 +33,15 @@ from nanoseek.config import PRESETS, ModelConfig
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import CheckpointError, ConfigError, DataError
 from nanoseek.model import Transformer
-from nanoseek.train.data import DIFFICULTY, eval_problems
-from nanoseek.train.loop import LossFn, StepLoss, TrainConfig, TrainResult, lm_loss, train
+from nanoseek.train.data import DIFFICULTY
+from nanoseek.train.config import TrainConfig
+from nanoseek.train.loop import LossFn, StepLoss, TrainResult, lm_loss
 from nanoseek.train.rejection import RejectionConfig, rejected, rejection_sample
-from nanoseek.train.sft import SFTBatches, SFTConfig, check_sft_files, encode, pad_batch, validation_loss
-from nanoseek.train.stage import check_out, device_of, finish, from_dict, load_run, save_run, stage_tokenizer
+from nanoseek.train.run_folder import COUNTS, PROMPTS, TRACES
+from nanoseek.train.sft import SFTBatches, SFTConfig, check_sft_files, heldout_loss
+from nanoseek.train.stage import Plan, Stage, device_of, run_stage, stage_tokenizer
 
 PROMPT_SEED = 4242         # the teacher's questions: train-split problems from a stream no other stage draws
-PROMPTS = "prompts.jsonl"  # in the traces folder: the questions,
-TRACES = "traces.jsonl"    # the kept completions (SFT rows),
-COUNTS = "counts.json"     # and rejection sampling's counts
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ class DistillConfig:
     seq_len: int = 512                   # longest conversation, in tokens
     difficulty: int | None = DIFFICULTY  # of the questions
     val_conversations: int = 32          # held-out problems for the validation loss
-    device: str | None = None
+    device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
         for name in ("k", "prompts", "max_new_tokens"):
@@ -146,14 +143,9 @@ def student_model(spec: str, teacher: ModelConfig, seed: int, device: torch.devi
     return model.train()
 
 
-def distill(config: DistillConfig, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
-    """Distil config.teacher into a student in `out`; with `resume`, continue the run in `out` with the settings saved
-    there. The teacher's traces are sampled into `out` first (unless config.traces names them)."""
-    out = Path(out)
-    check_out(out, resume)
-    if resume:
-        settings = load_run(out)
-        config, train_config = from_dict(DistillConfig, settings["distill"]), from_dict(TrainConfig, settings["train"])
+def plan(config: DistillConfig, train_config: TrainConfig, out: Path) -> Plan:
+    """Check the inputs, build the student, and sample the teacher's traces into `out` first (unless config.traces
+    names them; a resumed run reads them back)."""
     if config.traces:
         check_sft_files([config.traces])
     device = device_of(config.device)
@@ -165,7 +157,7 @@ def distill(config: DistillConfig, train_config: TrainConfig, out: str | Path, r
     if config.seq_len + 1 > student.config.max_position_embeddings:
         raise ConfigError(f"seq_len {config.seq_len} exceeds the student's max_position_embeddings "
                           f"{student.config.max_position_embeddings}")
-    counts = None if config.traces else teacher_traces(config, out, train_config.seed)  # a resumed run reads them
+    counts = None if config.traces else teacher_traces(config, out, train_config.seed)
     if counts is not None and counts["kept"] == 0:
         shutil.rmtree(out)  # check_out found it empty or absent: all of it is this run's
         raise DataError(f"teacher {config.teacher} kept none of its {counts['samples']} completions "
@@ -174,28 +166,27 @@ def distill(config: DistillConfig, train_config: TrainConfig, out: str | Path, r
     traces = config.traces or str(out / TRACES)
     batches = SFTBatches((traces,), tokenizer, SFTConfig(seq_len=config.seq_len, difficulty=config.difficulty),
                          train_config.batch_size, train_config.seed)
-    val = pad_batch([encode(tokenizer, p, config.seq_len) for p in eval_problems(config.val_conversations,
-                                                                                  config.difficulty)],
-                    tokenizer.eos_id)
-    if not resume:
-        save_run(out, {"stage": "distill", "distill": dataclasses.asdict(config),
-                       "train": dataclasses.asdict(train_config)})
     if config.logit_kd:
         teacher = load_checkpoint(config.teacher, device=device).requires_grad_(False)
         loss_fn = distill_loss(teacher, config.kd_temperature, config.kd_alpha)
     else:
         loss_fn = lm_loss(train_config.mtp_weight, train_config.balance_weight)
-    result = train(student, batches, loss_fn, train_config, out, evaluate=partial(validation_loss, batch=val),
-                   resume=resume, desc="distill")
-    if not result.interrupted:
-        finish(student, tokenizer, out, "Distillation", result, {
-            "teacher": config.teacher,
-            "student": f"{config.student} ({student.config.param_counts()['total']:,} parameters)",
-            "traces": (traces if counts is None else
-                       f"{counts['kept']} kept of {counts['samples']} teacher completions ({config.k} per question, "
-                       f"temperature {config.temperature:g}; {counts['questions_solved']} of {counts['questions']} "
-                       f"questions have one)"),
-            "loss": (f"(1 - {config.kd_alpha:g}) SFT + {config.kd_alpha:g} T² KL(teacher || student), "
-                     f"T = {config.kd_temperature:g}" if config.logit_kd else "SFT on the assistant tokens"),
-        })
-    return result
+    return Plan(student, tokenizer, batches, loss_fn,
+                evaluate=heldout_loss(tokenizer, config.val_conversations, config.seq_len, config.difficulty), report={
+        "teacher": config.teacher,
+        "student": f"{config.student} ({student.config.param_counts()['total']:,} parameters)",
+        "traces": (traces if counts is None else
+                   f"{counts['kept']} kept of {counts['samples']} teacher completions ({config.k} per question, "
+                   f"temperature {config.temperature:g}; {counts['questions_solved']} of {counts['questions']} "
+                   f"questions have one)"),
+        "loss": (f"(1 - {config.kd_alpha:g}) SFT + {config.kd_alpha:g} T² KL(teacher || student), "
+                 f"T = {config.kd_temperature:g}" if config.logit_kd else "SFT on the assistant tokens"),
+    })
+
+
+DISTILL = Stage("distill", "Distillation", DistillConfig, plan)
+
+
+def distill(config: DistillConfig, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    """Distil config.teacher into a student in `out`; with `resume`, continue the run in `out` with its settings."""
+    return run_stage(DISTILL, config, train_config, out, resume)

@@ -45,19 +45,19 @@ THINK_THEN_ANSWER = re.compile(r"\s*<think>(.*?)</think>(.*)", re.S)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    data: str | None = None              # JSONL of problems; None: the generated held-out mix
+    data: str | None = None              # JSONL of problems (`nanoseek data`); none: the generated held-out mix
     n: int = EVAL_PROBLEMS               # problems of the generated mix
     difficulty: int | None = DIFFICULTY  # of the generated mix and of few-shot examples
     samples: int = 1                     # k responses per problem
     temperature: float = 0.0             # 0: greedy
-    max_new_tokens: int = 320
+    max_new_tokens: int = 320            # longest response
     few_shot: int = 0                    # worked examples in the prompt (for base models); 0: `template`
     template: str = "chat"               # the prompt without examples: "chat" or "r1-zero" (R1 §2.2.1, a base model)
     batch_size: int = 64                 # sequences decoded together
     mtp_sequences: int = 16              # held-out sequences for the MTP accuracy (0: skip)
-    seq_len: int = 256
+    seq_len: int = 256                   # tokens per held-out sequence of the MTP accuracy
     seed: int = 0                        # sampling seed
-    device: str | None = None
+    device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
         if not isinstance(self.samples, int) or self.samples < 1:

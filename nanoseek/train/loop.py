@@ -34,70 +34,13 @@ from tqdm import tqdm
 from nanoseek import distributed
 from nanoseek.compiling import compile_enabled
 from nanoseek.cost import flops_per_token, measure_matmul_peak
-from nanoseek.errors import ConfigError, NanoseekError
+from nanoseek.errors import NanoseekError
 from nanoseek.model import Transformer
-from nanoseek.train.metrics import METRICS, MetricsLog, expert_load, truncate_metrics
-from nanoseek.train.schedule import warmup_cosine, warmup_stable_decay
-from nanoseek.train.dist_checkpoint import (is_distributed_checkpoint, load_distributed_state,
-                                            save_distributed_state)
-from nanoseek.train.state import latest_checkpoint, load_training_state, save_training_state
-
-SCHEDULES = ("cosine", "wsd")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = 300
-    batch_size: int = 16               # sequences per optimizer step (the global batch)
-    micro_batch_size: int = 0          # sequences per forward pass; 0: the whole batch at once
-    lr: float = 3e-3                   # peak learning rate
-    schedule: str = "cosine"           # "cosine" or "wsd" (warmup-stable-decay, V3 §4.2)
-    warmup_steps: int = 20
-    decay_fraction: float = 0.2        # wsd: the share of steps in the final decay
-    min_lr_ratio: float = 0.1          # the schedule ends at lr * min_lr_ratio (V3 §4.2: a tenth)
-    weight_decay: float = 0.1          # V3 §4.2
-    beta1: float = 0.9                 # V3 §4.2: AdamW with β = (0.9, 0.95)
-    beta2: float = 0.95
-    grad_clip: float = 1.0             # V3 §4.2: gradient-clipping norm 1.0
-    mtp_weight: float = 0.3            # λ, V3 §4.2 (0.3, later 0.1)
-    bias_update_speed: float = 0.001   # γ, V3 §4.2
-    balance_weight: float = 1e-4       # α of the sequence-wise balance loss, V3 §4.2
-    bf16: bool = False                 # bf16 autocast; weights, optimizer and routing bias stay float32
-    compile: bool = True               # torch.compile each block, forward and backward (`compile_blocks`), unless
-                                       # the process runs eagerly (--no-compile)
-    expert_parallel: bool = False      # under torchrun: routed experts split across ranks (all-to-all dispatch)
-    eval_every: int = 0                # 0: evaluate at the end only (when the stage gives an evaluation)
-    save_every: int = 100
-    keep_last: int = 2
-    max_bad_steps: int = 5             # consecutive non-finite losses before the run aborts
-    seed: int = 0
-
-    def __post_init__(self):
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"learning rate {self.lr!r}: expected a positive number")
-        for name in ("max_steps", "batch_size", "save_every", "keep_last", "max_bad_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
-        for name in ("micro_batch_size", "warmup_steps", "eval_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 0")
-        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
-            raise ConfigError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
-                              f"{self.micro_batch_size}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
-        for name in ("decay_fraction", "min_lr_ratio", "mtp_weight", "bias_update_speed", "balance_weight",
-                     "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected a number >= 0")
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step `step` (0-based)."""
-        if self.schedule == "wsd":
-            return warmup_stable_decay(step, self.max_steps, self.lr, self.warmup_steps,
-                                       round(self.decay_fraction * self.max_steps), self.min_lr_ratio)
-        return warmup_cosine(step, self.max_steps, self.lr, self.warmup_steps, self.min_lr_ratio)
-
+from nanoseek.train.config import TrainConfig
+from nanoseek.train.dist_checkpoint import load_distributed_state, save_distributed_state
+from nanoseek.train.metrics import MetricsLog, expert_load, truncate_metrics
+from nanoseek.train.run_folder import METRICS, is_distributed_checkpoint, latest_checkpoint
+from nanoseek.train.state import load_training_state, save_training_state
 
 @dataclass
 class StepLoss:
@@ -115,7 +58,8 @@ class BatchSource(Protocol):
     position: `state_dict()` must be JSON-serialisable. A batch with no rows is a step without an update (GRPO:
     every group's rewards were equal). A source that does real work per batch (GRPO's rollouts) may also define
     `logs() -> dict`: figures about the batch it just gave, written into that step's metrics line, which then also
-    gets `update_tokens_per_s`, the speed of the step less the time spent in the source."""
+    gets `update_tokens_per_s`, the speed of the step less the time spent in the source; its `generation_flops` and
+    `gen_tokens` count into the run's FLOPs and generated tokens."""
 
     def __next__(self) -> dict[str, torch.Tensor]: ...
     def state_dict(self) -> dict: ...
@@ -127,9 +71,11 @@ class TrainResult:
     step: int                    # optimizer steps done
     loss: float                  # the last step's loss
     tokens: int                  # input tokens processed, over all sessions of the run
+    generated_tokens: int        # tokens the batch source generated (GRPO's rollouts), over all sessions
     elapsed_s: float             # training time over all sessions (evaluation included)
     tokens_per_s: float
-    flops: float                 # model FLOPs of the training steps (nanoseek.cost), over all sessions
+    flops: float                 # model FLOPs of the training steps and of the batch source's generation
+                                 # (nanoseek.cost), over all sessions
     mfu: float | None            # model FLOPs utilisation against peak_flops
     peak_flops: float | None     # the measured matmul FLOP/s of the device (all ranks' under torchrun)
     interrupted: bool            # stopped by Ctrl-C; the last checkpoint holds the state
@@ -232,13 +178,14 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
     if config.mtp_weight == 0:  # no MTP loss: freeze the modules, so that neither weight decay nor FSDP's zero
         model.mtp.requires_grad_(False)  # gradients move them (one process never gives them gradients)
     optimizer = make_optimizer(model, config)
-    step, tokens, flops, elapsed, bad, checkpoint = 0, 0, 0.0, 0.0, 0, None
+    step, tokens, generated, flops, elapsed, bad, checkpoint = 0, 0, 0, 0.0, 0.0, 0, None
     if resume:
         checkpoint = latest_checkpoint(out)
         trainer = (load_distributed_state if distributed.active() or is_distributed_checkpoint(checkpoint)
                    else load_training_state)(checkpoint, model, optimizer)
         batches.load_state_dict(trainer["data"])
         step, tokens, flops = trainer["step"], trainer["tokens"], trainer["flops"]
+        generated = trainer.get("generated_tokens", 0)  # a checkpoint written before it was counted: 0
         elapsed, bad = trainer["elapsed_s"], trainer["bad_steps"]
         if distributed.is_main():
             truncate_metrics(out / METRICS, step)
@@ -254,7 +201,8 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
         compile_blocks(model)
 
     def save(at: int) -> Path:
-        state = {"data": batches.state_dict(), "tokens": tokens, "flops": flops, "elapsed_s": elapsed,
+        state = {"data": batches.state_dict(), "tokens": tokens, "generated_tokens": generated, "flops": flops,
+                 "elapsed_s": elapsed,
                  "bad_steps": bad, "config": dataclasses.asdict(config)}
         save_state = save_distributed_state if distributed.active() else save_training_state
         return save_state(out, at, model, optimizer, state, config.keep_last)
@@ -321,16 +269,18 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
             seconds = time.perf_counter() - start
             elapsed += seconds
             tokens_per_s = n_tokens / seconds
-            step_flops = flops_per_token(model.config, batch["input_ids"].shape[1], mtp=has_mtp) * n_tokens
+            source = batches.logs() if hasattr(batches, "logs") else {}
+            step_flops = (flops_per_token(model.config, batch["input_ids"].shape[1], mtp=has_mtp) * n_tokens
+                          + source.get("generation_flops", 0.0))
             flops += step_flops
+            generated += source.get("gen_tokens", 0)
             mfu = step_flops / seconds / peak if peak else None
             record = {"step": step, "loss": result.loss.item() if ok else None, "lr": lr,
                       "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                       "tokens": tokens, "tokens_per_s": round(tokens_per_s, 1),
                       "mfu": round(mfu, 5) if mfu is not None else None,
-                      "elapsed_s": round(elapsed, 2)}
-            if hasattr(batches, "logs"):
-                record.update(batches.logs())
+                      "elapsed_s": round(elapsed, 2), **source}
+            if source:
                 record["update_tokens_per_s"] = round(n_tokens / max(seconds - fetch_s, 1e-9), 1)
             if ok:
                 record.update({k: round(v, 6) for k, v in result.logs.items()})
@@ -365,7 +315,7 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
                 interrupted = True
                 bar.write(f"interrupted: saved step {step} to {checkpoint}")
                 break
-    return TrainResult(step=step, loss=last_loss, tokens=tokens, elapsed_s=elapsed,
+    return TrainResult(step=step, loss=last_loss, tokens=tokens, generated_tokens=generated, elapsed_s=elapsed,
                        tokens_per_s=tokens / elapsed if elapsed else 0.0, flops=flops,
                        mfu=flops / elapsed / peak if elapsed and peak else None, peak_flops=peak,
                        interrupted=interrupted, checkpoint=checkpoint)

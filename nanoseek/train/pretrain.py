@@ -8,7 +8,6 @@ token on resume.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,22 +21,24 @@ from nanoseek.errors import ConfigError, DataError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.data import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
-from nanoseek.train.loop import TrainConfig, TrainResult, lm_loss, train
-from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, parallelize,
-                                  save_run, stage_tokenizer)
+from nanoseek.train.config import TrainConfig
+from nanoseek.train.loop import TrainResult, lm_loss
+from nanoseek.train.stage import Plan, Stage, device_of, initial_model, run_stage, stage_tokenizer
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     preset: str | None = "tiny"          # the shape of a fresh model; checked against --init when both are given
     init: str | None = None              # continue from this checkpoint instead of random weights
-    data: tuple[str, ...] = ()           # text files (.txt, .jsonl, .parquet); none: the standard library's docstrings
-    seq_len: int = 256
-    synthetic_fraction: float = SYNTHETIC_FRACTION
-    difficulty: int | None = DIFFICULTY  # level of the synthetic problems (None: each task's own default)
-    trace_styles: str = DEFAULT_STYLES   # shares of the worked problems' trace styles (data.styles)
+    data: tuple[str, ...] = ()           # text files (.txt, .jsonl text field, .parquet), repeatable; none: the
+                                         # standard library's docstrings
+    seq_len: int = 256                   # tokens per packed sequence
+    synthetic_fraction: float = SYNTHETIC_FRACTION  # worked problems' share of the text, by characters
+    difficulty: int | None = DIFFICULTY  # level 1-5 of the worked problems
+    trace_styles: str = DEFAULT_STYLES   # shares of the worked problems' styles: answer, worked, checked (a
+                                         # self-check after the steps), corrected (a slip caught and corrected)
     val_sequences: int = 16              # held-out sequences for the validation loss
-    device: str | None = None            # None: cuda when available, else cpu
+    device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -103,14 +104,7 @@ def validation_loss(model: Transformer, tokens: torch.Tensor) -> dict[str, float
     return figures
 
 
-def pretrain(config: PretrainConfig, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
-    """Pretrain into `out` (see the module docstring); with `resume`, continue the run in `out` with the settings
-    saved there. Every input is checked before anything is written."""
-    out = Path(out)
-    check_out(out, resume)
-    if resume:
-        settings = load_run(out)
-        config, train_config = from_dict(PretrainConfig, settings["pretrain"]), from_dict(TrainConfig, settings["train"])
+def plan(config: PretrainConfig, train_config: TrainConfig, out: Path) -> Plan:
     check_text_files(config.data)
     model = initial_model(config.preset, config.init, train_config.seed, device_of(config.device))
     if config.seq_len > model.config.max_position_embeddings:
@@ -120,20 +114,20 @@ def pretrain(config: PretrainConfig, train_config: TrainConfig, out: str | Path,
     text = text_source(config.data)
     val = heldout_sequences(tokenizer, text, config.val_sequences, config.seq_len, config.difficulty,
                             styles=config.trace_styles)
-    batches = PretrainBatches(text, tokenizer, config, train_config.batch_size, train_config.seed)
-    if not resume:
-        save_run(out, {"stage": "pretrain", "pretrain": dataclasses.asdict(config),
-                       "train": dataclasses.asdict(train_config)})
-    model = parallelize(model, train_config.expert_parallel)
-    result = train(model, batches, lm_loss(train_config.mtp_weight, train_config.balance_weight), train_config, out,
-                   evaluate=partial(validation_loss, tokens=val) if val is not None else None, resume=resume,
-                   desc="pretrain")
-    if not result.interrupted:
-        finish(model, tokenizer, out, "Pretraining", result, {
-            "model": f"{config.preset or config.init}, {sum(p.numel() for p in model.parameters()):,} parameters",
-            "data": ", ".join(config.data) or "standard-library docstrings",
-            "synthetic share": f"{config.synthetic_fraction:.0%} of the text, by characters "
-                               f"(difficulty {config.difficulty}), trace styles {config.trace_styles}",
-            "batch": f"{train_config.batch_size} x {config.seq_len} tokens",
-        })
-    return result
+    return Plan(model, tokenizer, PretrainBatches(text, tokenizer, config, train_config.batch_size, train_config.seed),
+                lm_loss(train_config.mtp_weight, train_config.balance_weight),
+                evaluate=partial(validation_loss, tokens=val) if val is not None else None, report={
+        "model": f"{config.preset or config.init}, {sum(p.numel() for p in model.parameters()):,} parameters",
+        "data": ", ".join(config.data) or "standard-library docstrings",
+        "synthetic share": f"{config.synthetic_fraction:.0%} of the text, by characters "
+                           f"(difficulty {config.difficulty}), trace styles {config.trace_styles}",
+        "batch": f"{train_config.batch_size} x {config.seq_len} tokens",
+    })
+
+
+PRETRAIN = Stage("pretrain", "Pretraining", PretrainConfig, plan)
+
+
+def pretrain(config: PretrainConfig, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    """Pretrain into `out` (see the module docstring); with `resume`, continue the run in `out` with its settings."""
+    return run_stage(PRETRAIN, config, train_config, out, resume)

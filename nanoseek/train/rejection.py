@@ -39,11 +39,11 @@ class RejectionConfig:
     checkpoint: str                    # the model to sample from
     prompts: str                       # JSONL of problems (`nanoseek data`)
     k: int = 4                         # completions sampled per question
-    temperature: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
+    temperature: float = 1.0           # sampling temperature
+    max_new_tokens: int = 256          # longest completion
+    seed: int = 0                      # sampling seed
     edge: bool = False                 # keep only questions at the edge: greedy answer wrong, a sample right
-    device: str | None = None
+    device: str | None = None          # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
         for name in ("k", "max_new_tokens"):

@@ -15,10 +15,8 @@ each conversation's answer and never the start of the next conversation.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
-from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,20 +29,21 @@ from nanoseek.errors import ConfigError, DataError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer, chat_ids
 from nanoseek.train.data import DIFFICULTY, eval_problems
-from nanoseek.train.loop import TrainConfig, TrainResult, lm_loss, train
-from nanoseek.train.stage import (check_out, device_of, finish, from_dict, initial_model, load_run, parallelize,
-                                  save_run, stage_tokenizer)
+from nanoseek.train.config import TrainConfig
+from nanoseek.train.loop import TrainResult, lm_loss
+from nanoseek.train.stage import Plan, Stage, device_of, initial_model, run_stage, stage_tokenizer
 
 
 @dataclass(frozen=True)
 class SFTConfig:
     init: str = "runs/pretrain"          # the base model
     preset: str | None = None            # when given, --init must have this shape
-    data: tuple[str, ...] = ()           # JSONL files of problems or conversations; none: generated problems
+    data: tuple[str, ...] = ()           # JSONL of problems {prompt, reasoning, answer} or conversations
+                                         # {messages}, repeatable; none: generated problems with worked traces
     seq_len: int = 256                   # tokens per packed row, the longest conversation (longer ones are cut)
-    difficulty: int | None = DIFFICULTY  # of the generated problems
+    difficulty: int | None = DIFFICULTY  # level 1-5 of the generated problems
     val_conversations: int = 32          # held-out problems for the validation loss
-    device: str | None = None
+    device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -166,40 +165,37 @@ def check_sft_files(paths: Sequence[str]) -> None:
         next(read_rows(path))
 
 
-def validation_loss(model: Transformer, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Cross-entropy on the assistant tokens of held-out problems."""
-    device = next(model.parameters()).device
-    losses = model.losses(batch["input_ids"].to(device), batch["labels"].to(device))
-    return {"val_loss": round(losses.main.item(), 5)}
+def heldout_loss(tokenizer: Tokenizer, n: int, seq_len: int, difficulty: int | None):
+    """The evaluation of SFT and distillation: cross-entropy on the assistant tokens of n held-out problems."""
+    batch = pad_batch([encode(tokenizer, p, seq_len) for p in eval_problems(n, difficulty)], tokenizer.eos_id)
+
+    def validation_loss(model: Transformer) -> dict[str, float]:
+        device = next(model.parameters()).device
+        losses = model.losses(batch["input_ids"].to(device), batch["labels"].to(device))
+        return {"val_loss": round(losses.main.item(), 5)}
+
+    return validation_loss
 
 
-def sft(config: SFTConfig, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
-    """Fine-tune config.init into `out`; with `resume`, continue the run in `out` with the settings saved there.
-    Every input is checked before anything is written."""
-    out = Path(out)
-    check_out(out, resume)
-    if resume:
-        settings = load_run(out)
-        config, train_config = from_dict(SFTConfig, settings["sft"]), from_dict(TrainConfig, settings["train"])
+def plan(config: SFTConfig, train_config: TrainConfig, out: Path) -> Plan:
     check_sft_files(config.data)
     model = initial_model(config.preset, config.init, train_config.seed, device_of(config.device))
     if config.seq_len + 1 > model.config.max_position_embeddings:
         raise ConfigError(f"seq_len {config.seq_len} exceeds the model's max_position_embeddings "
                           f"{model.config.max_position_embeddings}")
     tokenizer = stage_tokenizer(config.init, model.config)
-    batches = SFTBatches(config.data, tokenizer, config, train_config.batch_size, train_config.seed)
-    val = pad_batch([encode(tokenizer, p, config.seq_len) for p in eval_problems(config.val_conversations,
-                                                                                  config.difficulty)],
-                    tokenizer.eos_id)
-    if not resume:
-        save_run(out, {"stage": "sft", "sft": dataclasses.asdict(config), "train": dataclasses.asdict(train_config)})
-    model = parallelize(model, train_config.expert_parallel)
-    result = train(model, batches, lm_loss(train_config.mtp_weight, train_config.balance_weight), train_config, out,
-                   evaluate=partial(validation_loss, batch=val), resume=resume, desc="sft")
-    if not result.interrupted:
-        finish(model, tokenizer, out, "Supervised fine-tuning", result, {
-            "base model": config.init,
-            "data": ", ".join(config.data) or f"generated train-split problems (difficulty {config.difficulty})",
-            "batch": f"{train_config.batch_size} conversations of up to {config.seq_len} tokens",
-        })
-    return result
+    return Plan(model, tokenizer, SFTBatches(config.data, tokenizer, config, train_config.batch_size, train_config.seed),
+                lm_loss(train_config.mtp_weight, train_config.balance_weight),
+                evaluate=heldout_loss(tokenizer, config.val_conversations, config.seq_len, config.difficulty), report={
+        "base model": config.init,
+        "data": ", ".join(config.data) or f"generated train-split problems (difficulty {config.difficulty})",
+        "batch": f"{train_config.batch_size} conversations of up to {config.seq_len} tokens",
+    })
+
+
+SFT = Stage("sft", "Supervised fine-tuning", SFTConfig, plan)
+
+
+def sft(config: SFTConfig, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    """Fine-tune config.init into `out`; with `resume`, continue the run in `out` with the settings saved there."""
+    return run_stage(SFT, config, train_config, out, resume)

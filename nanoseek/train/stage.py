@@ -1,11 +1,18 @@
-"""What every training stage does around the loop: check its inputs before writing anything, keep its settings in
-`OUT/run.json` so that `--resume OUT` continues with exactly them, build or load the model, and write the final
-model (`model.safetensors`, `config.json`, the tokenizer files) with a `report.md` beside `metrics.jsonl`."""
+"""The stage template: what every training stage (pretrain, sft, grpo, distill) does around the loop.
+
+A stage supplies only what differs, as a `Stage`: its config dataclass and a `plan` function that checks its inputs
+and builds the model, the tokenizer, the batches, the loss, the evaluations and the report's rows. `run_stage` owns
+the common sequence: check the output folder, take the saved settings when resuming, plan, save the settings in
+`OUT/run.json` (so that `--resume OUT` continues with exactly them), shard under torchrun, train, and write the final
+model (`model.safetensors`, `config.json`, the tokenizer files) with a `report.md` beside `metrics.jsonl`.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -17,39 +24,55 @@ from nanoseek.errors import CheckpointError, ConfigError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.loop import TrainResult
-from nanoseek.train.metrics import METRICS
-from nanoseek.train.state import CHECKPOINTS, latest_checkpoint
+from nanoseek.train.dist_checkpoint import consolidate
+from nanoseek.train.loop import BatchSource, LossFn, TrainConfig, TrainResult, train
+from nanoseek.train.run_folder import CHECKPOINTS, METRICS, REPORT, RUN, check_out, load_run, save_run
 
-RUN = "run.json"
-REPORT = "report.md"
+Evaluation = Callable[[Transformer], dict[str, float]]
 
 
-def check_out(out: Path, resume: bool) -> None:
-    """A new run needs an empty or new folder; a resumed one its run.json and a checkpoint."""
+@dataclass
+class Plan:
+    """What a stage hands the loop: the model to train (plain: `run_stage` shards it in place under torchrun) and
+    its tokenizer, the batches, the loss, the evaluations (see `loop.train`) and the rows of its report.md."""
+    model: Transformer
+    tokenizer: Tokenizer
+    batches: BatchSource
+    loss: LossFn
+    evaluate: Evaluation | None = None
+    evaluate_ends: Evaluation | None = None
+    postfix: Callable[[dict], dict[str, str]] | None = None
+    train: TrainConfig | None = None     # the stage's own TrainConfig when it changes the given one (GRPO's batch)
+    report: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                                           # run.json's key, the progress bar's label
+    title: str                                          # report.md's heading
+    config: type                                        # the stage's config dataclass
+    plan: Callable[[Any, TrainConfig, Path], Plan]      # (config, train config, out folder) -> Plan
+
+
+def run_stage(stage: Stage, config, train_config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    """Train `stage` into `out`; with `resume`, continue the run in `out` with the settings saved there. Every input
+    is checked (by the stage's plan) before anything but the stage's own samples is written."""
     out = Path(out)
+    check_out(out, resume)
     if resume:
-        if not (out / RUN).is_file():
-            raise CheckpointError(f"cannot resume {out}: no {RUN} there (is it a training run's --out folder?)")
-        latest_checkpoint(out)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output folder {out} is not empty; continue that run with --resume {out} "
-                          f"or choose another --out")
-    distributed.barrier()  # under torchrun, every rank looks before rank 0 writes
-
-
-def save_run(out: Path, settings: dict) -> None:
-    """Write run.json atomically (the stage's settings, as plain JSON); under torchrun, rank 0 does."""
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / RUN, json.dumps(settings, indent=1) + "\n")
-
-
-def load_run(out: Path) -> dict:
-    try:
-        return json.loads((Path(out) / RUN).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {Path(out) / RUN}: {e}") from None
+        settings = load_run(out)
+        config, train_config = from_dict(stage.config, settings[stage.name]), from_dict(TrainConfig, settings["train"])
+    plan = stage.plan(config, train_config, out)
+    train_config = plan.train or train_config
+    if not resume:
+        save_run(out, {"stage": stage.name, stage.name: dataclasses.asdict(config),
+                       "train": dataclasses.asdict(train_config)})
+    model = parallelize(plan.model, train_config.expert_parallel)
+    result = train(model, plan.batches, plan.loss, train_config, out, evaluate=plan.evaluate, resume=resume,
+                   desc=stage.name, postfix=plan.postfix, evaluate_ends=plan.evaluate_ends)
+    if not result.interrupted:
+        finish(model, plan.tokenizer, out, stage.title, result, plan.report)
+    return result
 
 
 def from_dict(cls, d: dict):
@@ -75,12 +98,12 @@ def initial_model(preset: str | None, init: str | None, seed: int, device: torch
     model = load_checkpoint(init, device=device)
     if preset is not None:
         expected = ModelConfig.from_preset(preset)
-        for field in dataclasses.fields(ModelConfig):
-            if field.name == "initializer_range":  # how fresh weights are drawn, not the shape
+        for name in (f.name for f in dataclasses.fields(ModelConfig)):
+            if name == "initializer_range":  # how fresh weights are drawn, not the shape
                 continue
-            have, want = getattr(model.config, field.name), getattr(expected, field.name)
+            have, want = getattr(model.config, name), getattr(expected, name)
             if have != want:
-                raise CheckpointError(f"--init {init} has {field.name} {have}, but preset {preset!r} has {want}: "
+                raise CheckpointError(f"--init {init} has {name} {have}, but preset {preset!r} has {want}: "
                                       f"a checkpoint of another shape")
     return model.train()
 
@@ -100,6 +123,21 @@ def stage_tokenizer(init: str | None, config: ModelConfig) -> Tokenizer:
     return tokenizer
 
 
+def run_tokenizer(path: str | Path, config: ModelConfig) -> Tokenizer:
+    """The tokenizer of the run that wrote checkpoint folder (or run folder) `path`: the run's own when it finished,
+    else the one its stage started from (run.json's init), else the shipped default."""
+    path = Path(path)
+    run = path if (path / CHECKPOINTS).is_dir() else path.parent.parent
+    if (run / "tokenizer.json").is_file():
+        return Tokenizer.from_dir(run)
+    init = None
+    if (run / RUN).is_file():
+        settings = json.loads((run / RUN).read_text())
+        init = settings.get(settings.get("stage", ""), {}).get("init")
+    return stage_tokenizer(init, config)
+
+
+
 def finish(model: Transformer, tokenizer: Tokenizer, out: Path, title: str, result: TrainResult,
            extra: dict[str, str]) -> None:
     """Write the final model, the tokenizer and report.md into `out`; under torchrun, rank 0 writes the model
@@ -107,7 +145,6 @@ def finish(model: Transformer, tokenizer: Tokenizer, out: Path, title: str, resu
     if distributed.active():
         if not distributed.is_main():
             return
-        from nanoseek.train.dist_checkpoint import consolidate
         model = consolidate(result.checkpoint)
     save_checkpoint(model.cpu(), out)
     tokenizer.save(out)

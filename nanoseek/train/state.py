@@ -1,4 +1,4 @@
-"""Training checkpoints: everything a run needs to continue exactly where it stopped.
+"""Single-process training checkpoints: everything a run needs to continue exactly where it stopped.
 
 `OUT/checkpoints/step-000123/` holds the model (`model.safetensors` + `config.json`, written by
 `nanoseek.save_checkpoint`), the optimizer moments and random-number-generator states (`state.safetensors`) and the
@@ -9,9 +9,7 @@ are removed beyond the last `keep_last`.
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -24,43 +22,22 @@ from nanoseek.atomic import fsync_path
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.errors import CheckpointError
 from nanoseek.model import Transformer
-
-CHECKPOINTS = "checkpoints"
-STATE = "state.safetensors"
-TRAINER = "trainer.json"
-STEP_DIR = re.compile(r"step-(\d{6,})")
-
-
-def checkpoint_dirs(run: Path) -> list[Path]:
-    """The run's whole checkpoints, oldest first."""
-    folder = Path(run) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(STEP_DIR.fullmatch(p.name)[1]))
-
-
-def latest_checkpoint(run: Path) -> Path:
-    found = checkpoint_dirs(run)
-    if not found:
-        raise CheckpointError(f"{run} has no training checkpoint to resume from (expected {run}/{CHECKPOINTS}/step-*)")
-    return found[-1]
+from nanoseek.train.run_folder import STATE, TRAINER, publish, step_dir
 
 
 def save_training_state(run: Path, step: int, model: Transformer, optimizer: torch.optim.Optimizer,
                         trainer: dict, keep_last: int) -> Path:
     """Write checkpoint `step` atomically and keep only the newest `keep_last`; returns its folder."""
-    folder = Path(run) / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{step:06d}"
-    tmp = folder / f".tmp-{uuid.uuid4().hex[:12]}"
+    final = step_dir(run, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{uuid.uuid4().hex[:12]}"
     try:
         save_checkpoint(model, tmp)
         tensors, groups = _optimizer_tensors(optimizer)
-        tensors.update(_rng_tensors())
+        tensors.update(rng_tensors())
         save_file(tensors, tmp / STATE)
         fsync_path(tmp / STATE)
-        payload = dict(trainer, step=step, optimizer_groups=groups, python_random=_python_random())
+        payload = dict(trainer, step=step, optimizer_groups=groups, python_random=python_random())
         (tmp / TRAINER).write_text(json.dumps(payload, indent=1) + "\n")
         fsync_path(tmp / TRAINER)
         publish(tmp, final, keep_last)
@@ -68,17 +45,6 @@ def save_training_state(run: Path, step: int, model: Transformer, optimizer: tor
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def publish(tmp: Path, final: Path, keep_last: int) -> None:
-    """Rename the whole checkpoint folder `tmp` into place as `final` (replacing a checkpoint of the same step that
-    a resumed run saves again), then keep only the newest `keep_last` checkpoints of its run."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_path(final.parent)
-    for old in checkpoint_dirs(final.parent.parent)[:-keep_last]:
-        shutil.rmtree(old)
 
 
 def load_training_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> dict:
@@ -98,7 +64,7 @@ def load_training_state(path: Path, model: Transformer, optimizer: torch.optim.O
     model.load_state_dict(saved.state_dict())
     try:
         optimizer.load_state_dict(_optimizer_state(tensors, trainer["optimizer_groups"]))
-        _restore_rng(tensors, trainer["python_random"])
+        restore_rng(tensors, trainer["python_random"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"training checkpoint {path} does not match this run: {e}") from None
     return trainer
@@ -123,19 +89,19 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], groups: list[dict]) -> di
     return {"state": state, "param_groups": groups}
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def rng_tensors() -> dict[str, torch.Tensor]:
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return tensors
 
 
-def _python_random() -> list:
+def python_random() -> list:
     version, internal, gauss = random.getstate()
     return [version, list(internal), gauss]
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor], python_random: list) -> None:
+def restore_rng(tensors: dict[str, torch.Tensor], python_random: list) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
     if cuda and torch.cuda.is_available():

@@ -10,12 +10,14 @@ from train_helpers import small_model
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.cli import main
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
-from nanoseek.train import grpo as grpo_module
+from nanoseek.train import rl as rl_module, rollouts as rollouts_module
 from nanoseek.train import rewards
 from nanoseek.train.data import eval_problems
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.evaluate import prompt_ids
-from nanoseek.train.grpo import DEFAULT_TRAIN, GRPOConfig, Rollouts, grpo, grpo_loss_fn
+from nanoseek.train.grpo import DEFAULT_TRAIN, GRPOConfig, grpo_loss_fn
+from nanoseek.train.rl import grpo
+from nanoseek.train.rollouts import Rollouts
 from nanoseek.train.loop import accumulate_gradients, train
 from nanoseek.train.metrics import read_metrics
 
@@ -85,7 +87,7 @@ def test_beta_zero_keeps_no_reference_model(toy, init, tmp_path, monkeypatch):
             built.append(ref)
             super().__init__(model, ref, *args)
 
-    monkeypatch.setattr(grpo_module, "Rollouts", Spy)
+    monkeypatch.setattr(rl_module, "Rollouts", Spy)
     grpo(config(init, beta=0.0), train_config(max_steps=1), tmp_path / "a")
     grpo(config(init, beta=0.04), train_config(max_steps=1), tmp_path / "b")
     assert built[0] is None
@@ -265,7 +267,7 @@ FLAT_RIGHT, FLAT_WRONG, MIXED = ["a", "a", "a", "a"], ["b", "b", "b", "b"], ["a"
 
 def test_dynamic_sampling_refills_the_groups_without_signal(init, monkeypatch):
     monkeypatch.setitem(rewards.REWARDS, "toy", a_is_right)
-    monkeypatch.setattr(grpo_module, "accuracy_reward", a_is_right)   # the groups are judged by their answers
+    monkeypatch.setattr(rollouts_module, "accuracy_reward", a_is_right)   # the groups are judged by their answers
     # 2 questions a step; round 1: q0 flat, q1 mixed; round 2: q2 flat, q3 mixed -> the step has its 2 groups
     script = [FLAT_RIGHT, MIXED, FLAT_WRONG, ["a", "a", "b", "b"], *[FLAT_WRONG] * 8]
     _, source = rollouts(init, group_size=4, prompts_per_step=2, dynamic_sampling=3, adv_scale="none")
@@ -304,7 +306,7 @@ def test_overlong_filtering_masks_truncated_completions(init, monkeypatch):
 
 def test_the_curriculum_moves_each_task_by_its_pass_rate(init, monkeypatch):
     monkeypatch.setitem(rewards.REWARDS, "toy", a_is_right)
-    monkeypatch.setattr(grpo_module, "accuracy_reward", a_is_right)   # the pass rate is the verifier's
+    monkeypatch.setattr(rollouts_module, "accuracy_reward", a_is_right)   # the pass rate is the verifier's
     # 4 questions a step, one of each task: arithmetic always right, countdown always wrong, the others mixed
     script = [FLAT_RIGHT, MIXED, MIXED, FLAT_WRONG] * 4
     _, source = rollouts(init, group_size=4, prompts_per_step=4, curriculum=(0.1, 0.9), difficulty=2,

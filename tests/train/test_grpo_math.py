@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from nanoseek.train.grpo import (Curriculum, aggregate, clipped_objective, group_advantages, groups_with_signal,
-                                 grpo_loss, kl_estimate, next_level, zero_variance_groups)
+from nanoseek.train.curriculum import Curriculum, next_level
+from nanoseek.train.grpo import (aggregate, clipped_objective, group_advantages, groups_with_signal, grpo_loss,
+                                 kl_estimate, zero_variance_groups)
 
 
 def test_advantages_by_hand():

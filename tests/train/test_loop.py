@@ -10,7 +10,7 @@ from train_helpers import RandomBatches, small_model
 from nanoseek.cost import flops_per_token
 from nanoseek.errors import NanoseekError
 from nanoseek.train.loop import StepLoss, TrainConfig, accumulate_gradients, compile_blocks, lm_loss, train
-from nanoseek.train.state import checkpoint_dirs
+from nanoseek.train.run_folder import checkpoint_dirs
 
 
 def grads(model):

@@ -7,7 +7,8 @@ from train_helpers import RandomBatches, small_model
 
 from nanoseek.errors import CheckpointError
 from nanoseek.train.loop import TrainConfig, accumulate_gradients, lm_loss, make_optimizer
-from nanoseek.train.state import latest_checkpoint, load_training_state, save_training_state
+from nanoseek.train.run_folder import latest_checkpoint
+from nanoseek.train.state import load_training_state, save_training_state
 
 
 def trained(seed=0):
