@@ -45,9 +45,9 @@ from nanoseek.data.problem import Problem  # noqa: E402
 from nanoseek.data.tasks import stream_mix  # noqa: E402
 from nanoseek.model import Transformer  # noqa: E402
 from nanoseek.tokenizer import Tokenizer  # noqa: E402
-from nanoseek.train.data import DIFFICULTY  # noqa: E402
+from nanoseek.data.sources import DIFFICULTY  # noqa: E402
 from nanoseek.train.default_tokenizer import default_tokenizer  # noqa: E402
-from nanoseek.train.evaluate import prompt_ids  # noqa: E402
+from nanoseek.data.prompts import prompt_ids  # noqa: E402
 from nanoseek.train.grpo import DEFAULT_TRAIN, GRPOConfig  # noqa: E402
 from nanoseek.train.rl import grpo  # noqa: E402
 from nanoseek.train.rollouts import PROMPT_SEED  # noqa: E402

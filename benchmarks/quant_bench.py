@@ -9,7 +9,7 @@ picks), the rest of those models in bf16 as stored; bf16 and fp8 load
 as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
 scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
 
-Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `train.data.eval_problems`, or
+Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `data.sources.eval_problems`, or
 --eval-data, a JSONL from `nanoseek data`), prompted with the chat template and judged by the task's verifier on the
 text after </think>;
 it needs the checkpoint's tokenizer.json and prints n/a without one. Decode: tokens/s of batch-1 greedy decoding
@@ -37,7 +37,7 @@ from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.model import Transformer
 from nanoseek.quant import QUANTIZED, quantized_bytes
 from nanoseek.tokenizer import END_THINK, Tokenizer, chat_ids
-from nanoseek.train.data import eval_problems
+from nanoseek.data.sources import eval_problems
 from nanoseek.train.evaluate import generate
 
 FORMATS = ("fp32", "bf16", "int8", "int4", "int4 rtn", "fp8")

@@ -29,7 +29,7 @@ from nanoseek.recipe.report import write_report
 from nanoseek.recipe.stages import REJECTION_SEED, Quantize, Recipe, RejectionSFT, Stage, recipe
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.config import TrainConfig
-from nanoseek.train.data import DIFFICULTY, eval_problems
+from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.train.distill import DISTILL, DistillConfig, student_model, teacher_traces
 from nanoseek.train.evaluate import EvalConfig, evaluate
 from nanoseek.train.grpo import GRPOConfig

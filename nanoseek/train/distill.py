@@ -33,7 +33,7 @@ from nanoseek.config import PRESETS, ModelConfig
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import CheckpointError, ConfigError, DataError
 from nanoseek.model import Transformer
-from nanoseek.train.data import DIFFICULTY
+from nanoseek.data.sources import DIFFICULTY
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import LossFn, StepLoss, TrainResult, lm_loss
 from nanoseek.train.rejection import RejectionConfig, rejected, rejection_sample

@@ -26,19 +26,19 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from nanoseek.data.mix import render
 from nanoseek.data.problem import Problem, parse_number
 from nanoseek.data.styles import has_correction, has_self_check
-from nanoseek.data.tasks import TASKS, generate as generate_problems, verify
+from nanoseek.data.tasks import TASKS, verify
 from nanoseek.checkpoint import load_checkpoint
 from nanoseek.errors import ConfigError, DataError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams, cache_mb
 from nanoseek.model import Transformer
-from nanoseek.tokenizer import Tokenizer, chat_ids
-from nanoseek.train.data import DIFFICULTY, EVAL_PROBLEMS, EVAL_SEED, eval_problems, heldout_sequences, text_source
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.data.prompts import PROMPTS, check_template, few_shot_examples, prompt_ids
+from nanoseek.data.sources import DIFFICULTY, EVAL_PROBLEMS, eval_problems, heldout_sequences, text_source
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.stage import device_of
-from nanoseek.train.sft import read_rows
+from nanoseek.data.conversations import read_rows
 
 THINK_THEN_ANSWER = re.compile(r"\s*<think>(.*?)</think>(.*)", re.S)
 
@@ -151,42 +151,6 @@ def score(problems: Sequence[Problem], responses: Sequence[Sequence[str]], lengt
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
-
-
-# R1 §2.2.1, Table 1: DeepSeek-R1-Zero's template, with our answer format (the answer follows `</think>`, no tags)
-R1_ZERO_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves "
-                    "it. The assistant first thinks about the reasoning process in the mind and then provides the user "
-                    "with the answer. The reasoning process is enclosed within <think> </think> tags, followed by the "
-                    "answer, i.e., <think> reasoning process here </think> answer here. User: {prompt}\nAssistant:")
-TEMPLATES = ("chat", "r1-zero")
-PROMPTS = {"chat": "chat template", "r1-zero": "R1-Zero template"}   # as reports name them
-
-
-def check_template(template: str, few_shot: int = 0) -> None:
-    if template not in TEMPLATES:
-        raise ConfigError(f"template {template!r}: expected one of {TEMPLATES}")
-    if template != "chat" and few_shot:
-        raise ConfigError(f"few_shot {few_shot} and template {template!r} are two prompts; choose one")
-
-
-def prompt_ids(tokenizer: Tokenizer, problem: Problem, shots: Sequence[Problem], template: str = "chat") -> list[int]:
-    """The chat template with a generation prompt, R1-Zero's plain-text template (`template="r1-zero"`), or (with
-    shots) worked problems in pretraining format, each ended by end-of-sequence as in packing, then the question and
-    a newline."""
-    if not shots and template == "r1-zero":
-        return tokenizer.encode(R1_ZERO_TEMPLATE.format(prompt=problem.prompt))
-    if not shots:
-        return chat_ids(tokenizer, [{"role": "user", "content": problem.prompt}], add_generation_prompt=True)[0]
-    ids: list[int] = []
-    for shot in shots:
-        ids += tokenizer.encode(render(shot)) + [tokenizer.eos_id]
-    return ids + tokenizer.encode(problem.prompt + "\n")
-
-
-def few_shot_examples(task: str, k: int, difficulty: int | None) -> list[Problem]:
-    if k == 0 or task not in TASKS:
-        return []
-    return generate_problems(task, k, EVAL_SEED, "train", difficulty)
 
 
 @torch.no_grad()

@@ -24,8 +24,8 @@ import torch
 from nanoseek.errors import ConfigError
 from nanoseek.model import Transformer
 from nanoseek.train.config import TrainConfig
-from nanoseek.train.data import DIFFICULTY
-from nanoseek.train.evaluate import check_template
+from nanoseek.data.sources import DIFFICULTY
+from nanoseek.data.prompts import check_template
 from nanoseek.train.loop import LossFn, StepLoss
 from nanoseek.train.rewards import RewardSet
 

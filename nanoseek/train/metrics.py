@@ -11,8 +11,6 @@ import torch
 
 from nanoseek.errors import DataError
 
-METRICS = "metrics.jsonl"
-
 
 class MetricsLog:
     """Appends one JSON line per record to `path` and flushes it, so a killed run loses at most the line in

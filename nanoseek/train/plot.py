@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 from nanoseek.errors import DataError
-from nanoseek.train.metrics import METRICS, read_metrics
+from nanoseek.train.metrics import read_metrics
+from nanoseek.train.run_folder import METRICS
 
 
 def plot_run(run: str | Path) -> list[Path]:

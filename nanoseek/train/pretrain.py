@@ -20,7 +20,7 @@ from nanoseek.data.styles import DEFAULT_STYLES, parse_styles
 from nanoseek.errors import ConfigError, DataError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.train.data import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
+from nanoseek.data.sources import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import TrainResult, lm_loss
 from nanoseek.train.stage import Plan, Stage, device_of, initial_model, run_stage, stage_tokenizer

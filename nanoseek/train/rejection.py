@@ -29,7 +29,8 @@ from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.evaluate import EvalConfig, load_problems, prompt_ids
+from nanoseek.data.prompts import prompt_ids
+from nanoseek.train.evaluate import EvalConfig, load_problems
 from nanoseek.train.rewards import accuracy_reward, language_reward, split_completion
 from nanoseek.train.stage import device_of
 

@@ -12,8 +12,9 @@ from nanoseek import distributed
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.config import TrainConfig
-from nanoseek.train.data import eval_problems
-from nanoseek.train.evaluate import PROMPTS, EvalConfig, evaluate
+from nanoseek.data.sources import eval_problems
+from nanoseek.data.prompts import PROMPTS
+from nanoseek.train.evaluate import EvalConfig, evaluate
 from nanoseek.train.grpo import GRPOConfig, grpo_loss_fn
 from nanoseek.train.loop import TrainResult
 from nanoseek.train.rollouts import PROMPT_SEED, Rollouts

@@ -18,7 +18,8 @@ from nanoseek.infer import Engine, EngineConfig, SamplingParams, cache_mb
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.curriculum import Curriculum
-from nanoseek.train.evaluate import EvalConfig, few_shot_examples, load_problems, prompt_ids
+from nanoseek.data.prompts import few_shot_examples, prompt_ids
+from nanoseek.train.evaluate import EvalConfig, load_problems
 from nanoseek.train.grpo import (GRPOConfig, completion_window, group_advantages, groups_with_signal, token_logprobs,
                                  zero_variance_groups)
 from nanoseek.train.rewards import RewardSet, accuracy_reward, format_reward

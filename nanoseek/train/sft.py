@@ -15,7 +15,6 @@ each conversation's answer and never the start of the next conversation.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -23,12 +22,13 @@ from typing import Iterator, Sequence
 
 import torch
 
+from nanoseek.data.conversations import check_sft_files, encode, pad_batch, read_rows
 from nanoseek.data.problem import Problem
 from nanoseek.data.tasks import stream_mix
-from nanoseek.errors import ConfigError, DataError
+from nanoseek.errors import ConfigError
 from nanoseek.model import Transformer
-from nanoseek.tokenizer import Tokenizer, chat_ids
-from nanoseek.train.data import DIFFICULTY, eval_problems
+from nanoseek.tokenizer import Tokenizer
+from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import TrainResult, lm_loss
 from nanoseek.train.stage import Plan, Stage, device_of, initial_model, run_stage, stage_tokenizer
@@ -58,60 +58,6 @@ class SFTConfig:
 # weights, which speculative decoding still uses.
 DEFAULT_TRAIN = TrainConfig(max_steps=500, batch_size=8, lr=3e-3, warmup_steps=10, eval_every=50, save_every=100,
                             mtp_weight=0.0)
-
-
-def conversation(row: Problem | dict) -> list[dict]:
-    """The chat messages of a problem (row) or a {"messages": [...]} row."""
-    if isinstance(row, dict) and "messages" in row:
-        return row["messages"]
-    p = row if isinstance(row, Problem) else Problem.from_row(row)
-    assistant = {"role": "assistant", "content": p.answer}
-    if p.reasoning:
-        assistant["reasoning_content"] = p.reasoning
-    return [{"role": "user", "content": p.prompt}, assistant]
-
-
-def read_rows(path: str | Path) -> Iterator[dict]:
-    """Stream the rows of a JSONL file of problems or conversations; DataError (naming file and line) otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"SFT data file {path} does not exist")
-    n = 0
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or not (isinstance(row.get("messages"), list)
-                                                 or {"prompt", "answer"} <= set(row)):
-                raise DataError(f"{path}:{i}: expected {{\"prompt\", \"answer\"[, \"reasoning\"]}} or "
-                                f"{{\"messages\": [...]}}, got {line[:80].strip()}")
-            row.setdefault("task", "")
-            n += 1
-            yield row
-    if n == 0:
-        raise DataError(f"SFT data file {path} is empty")
-
-
-def encode(tokenizer: Tokenizer, row: Problem | dict, seq_len: int) -> tuple[list[int], list[int]]:
-    ids, mask = chat_ids(tokenizer, conversation(row))
-    return ids[:seq_len + 1], mask[:seq_len + 1]
-
-
-def pad_batch(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids (B, T) and labels (B, T): labels[i] = ids[i + 1] where that token is the assistant's, else -100."""
-    T = max(len(ids) for ids, _ in encoded) - 1
-    input_ids = torch.full((len(encoded), T), pad_id)
-    labels = torch.full((len(encoded), T), -100)
-    for row, (ids, mask) in enumerate(encoded):
-        n = len(ids) - 1
-        input_ids[row, :n] = torch.tensor(ids[:-1])
-        targets = torch.tensor(ids[1:])
-        labels[row, :n] = torch.where(torch.tensor(mask[1:], dtype=torch.bool), targets, -100)
-    return {"input_ids": input_ids, "labels": labels}
 
 
 class SFTBatches:
@@ -157,12 +103,6 @@ class SFTBatches:
         self.rows = self._rows()
         for _ in islice(self.rows, self.index):
             pass
-
-
-def check_sft_files(paths: Sequence[str]) -> None:
-    """Fail now, before a run writes anything, on a missing, empty or malformed first row."""
-    for path in paths:
-        next(read_rows(path))
 
 
 def heldout_loss(tokenizer: Tokenizer, n: int, seq_len: int, difficulty: int | None):

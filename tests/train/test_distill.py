@@ -14,11 +14,11 @@ from nanoseek.data.tasks import generate_mix
 from nanoseek.errors import DataError
 from nanoseek.infer import Engine, SamplingParams
 from nanoseek.model import Transformer
-from nanoseek.train.data import DIFFICULTY
+from nanoseek.data.sources import DIFFICULTY
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.distill import (PROMPT_SEED, TRACES, DistillConfig, distill, distill_loss, kd_loss,
                                     teacher_traces)
-from nanoseek.train.evaluate import prompt_ids
+from nanoseek.data.prompts import prompt_ids
 from nanoseek.train.loop import TrainConfig
 
 TOKENIZER = default_tokenizer()

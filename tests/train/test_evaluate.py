@@ -10,7 +10,8 @@ from nanoseek.data.tasks import generate as generate_problems
 from nanoseek.tokenizer import ASSISTANT, BOS, EOS, USER
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.errors import ConfigError
-from nanoseek.train.evaluate import EvalConfig, generate, mtp_accuracy, parse_response, prompt_ids, score
+from nanoseek.data.prompts import prompt_ids
+from nanoseek.train.evaluate import EvalConfig, generate, mtp_accuracy, parse_response, score
 
 ADD = Problem(task="arithmetic", prompt="What is 2 + 3?", reasoning="", answer="5")
 COUNTDOWN = Problem(task="countdown", prompt="make 10", reasoning="", answer="5 * 2", numbers=(2, 5, 7), target=10)

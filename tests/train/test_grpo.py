@@ -12,9 +12,9 @@ from nanoseek.cli import main
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.train import rl as rl_module, rollouts as rollouts_module
 from nanoseek.train import rewards
-from nanoseek.train.data import eval_problems
+from nanoseek.data.sources import eval_problems
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.evaluate import prompt_ids
+from nanoseek.data.prompts import prompt_ids
 from nanoseek.train.grpo import DEFAULT_TRAIN, GRPOConfig, grpo_loss_fn
 from nanoseek.train.rl import grpo
 from nanoseek.train.rollouts import Rollouts

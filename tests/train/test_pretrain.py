@@ -1,4 +1,4 @@
-"""Tests for nanoseek/train/pretrain.py and train/data.py: packed batches, epochs, the data position, the held-out
+"""Tests for nanoseek/train/pretrain.py and data/sources.py: packed batches, epochs, the data position, the held-out
 sets."""
 import json
 
@@ -8,7 +8,7 @@ import torch
 from nanoseek.data.problem import split_of
 from nanoseek.data.tasks import TASKS
 from nanoseek.errors import ConfigError, DataError
-from nanoseek.train.data import eval_problems, heldout_sequences, split_text, text_source
+from nanoseek.data.sources import eval_problems, heldout_sequences, split_text, text_source
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.pretrain import PretrainBatches, PretrainConfig
 

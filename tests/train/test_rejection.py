@@ -14,7 +14,8 @@ from nanoseek.tokenizer import EOS
 from nanoseek.train import rejection
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.rejection import RejectionConfig, at_edge, false_step, judge, rejection_sample
-from nanoseek.train.sft import SFTBatches, SFTConfig, read_rows
+from nanoseek.data.conversations import read_rows
+from nanoseek.train.sft import SFTBatches, SFTConfig
 
 TOKENIZER = default_tokenizer()
 ADD = Problem(task="arithmetic", prompt="What is 2 + 3?", reasoning="2 + 3 = 5", answer="5")

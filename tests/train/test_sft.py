@@ -8,7 +8,8 @@ from nanoseek.data.tasks import generate, stream_mix
 from nanoseek.errors import DataError
 from nanoseek.tokenizer import ASSISTANT, BOS, EOS, USER
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.train.sft import SFTBatches, SFTConfig, conversation, encode, pad_batch, read_rows
+from nanoseek.data.conversations import conversation, encode, pad_batch, read_rows
+from nanoseek.train.sft import SFTBatches, SFTConfig
 
 TOKENIZER = default_tokenizer()
 
