@@ -7,7 +7,7 @@ from checkpoint_helpers import stored_state
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import nanoseek.checkpoint as checkpoint
+from nanoseek.checkpoint import files, load
 from nanoseek import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
@@ -242,7 +242,7 @@ def test_too_large_is_refused_before_reading_any_tensor(tmp_path, monkeypatch):
     def no_reads(*args):
         raise AssertionError("a tensor was read before the size check")
 
-    monkeypatch.setattr(checkpoint, "_read_tensor", no_reads)
+    monkeypatch.setattr(load, "read_float_tensor", no_reads)
     with pytest.raises(CheckpointError, match="GiB"):
         load_checkpoint(tmp_path / "ck", dtype=torch.bfloat16, max_bytes=bf16_bytes - 1)
     with pytest.raises(CheckpointError, match="float32"):  # the same limit is too small in float32
@@ -250,7 +250,7 @@ def test_too_large_is_refused_before_reading_any_tensor(tmp_path, monkeypatch):
 
 
 def test_available_memory_reads_meminfo():
-    assert checkpoint.available_memory("cpu") > 0
+    assert files.available_memory("cpu") > 0
 
 
 @pytest.mark.parametrize("cut", ["tail", "header"])
@@ -312,7 +312,7 @@ def test_failed_save_leaves_the_existing_checkpoint_whole(tmp_path, monkeypatch)
         file.write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", fail_halfway)
+    monkeypatch.setattr(files, "save_file", fail_halfway)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(make_model(seed=1), tmp_path / "ck")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary directory left behind

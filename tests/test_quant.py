@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nanoseek import quant
-from nanoseek.checkpoint import hf_name, load_checkpoint, save_checkpoint, save_quantized
+from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
+from nanoseek.checkpoint.hf import hf_name
 from nanoseek.cli import main
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError, ConfigError
