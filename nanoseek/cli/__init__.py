@@ -53,12 +53,15 @@ COMMANDS = {
 COMPILING = ("pretrain", "sft", "eval", "generate", "chat", "serve", "grpo", "rejection-sample", "distill", "run")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with the flags of every command, or of `command` only: generating a command's flags imports its
+    config dataclasses (and torch), which `nanoseek --help` and the other commands need not wait for."""
     parser = argparse.ArgumentParser(prog="nanoseek", description="DeepSeek-V3 / R1 in miniature.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
-        add_args(p)
+        if command in (None, name):
+            add_args(p)
         if name in COMPILING:
             p.add_argument("--no-compile", action="store_true",
                            help="run eagerly: no torch.compile of the training blocks and the engine's decode step "
@@ -68,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else "")
     try:
         args = parser.parse_args(argv)  # a generated flag's parser raises ConfigError on a bad value
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc, which starts torchrun with them
+        args.argv = argv  # for --nproc, which starts torchrun with them
         if getattr(args, "no_compile", False):
             from nanoseek.compiling import set_compile
 

@@ -97,8 +97,8 @@ def add_flags(parser: argparse.ArgumentParser, defaults, skip: tuple[str, ...] =
         text = helps.get(f.name, "")
         help = f"{text} (default: {shown(value)})" if text else f"default: {shown(value)}"
         options = dict(dest=f.name, default=None, help=help.replace("%", "%%"))
-        if kind is bool:
-            options.update(action="store_const", const=not value)
+        if kind is bool:  # a switch away from the default: --x when it is off, --no-x when it is on
+            options.update(action="store_const", const=not value, help=(text or None) and text.replace("%", "%%"))
             flag = flag if not value else "--no-" + flag[2:]
         elif typing.get_origin(kind) is tuple and args[-1] is Ellipsis:
             options.update(action="append", type=_scalar(args[0], flag), metavar=args[0].__name__.upper())

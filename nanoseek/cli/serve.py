@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nanoseek.cli.flags import add_flags, from_flags
 from nanoseek.threads import set_threads, spin_briefly
 
 
@@ -68,64 +69,56 @@ def serve_run(args: argparse.Namespace) -> None:
     serve(engine, config)
 
 
-def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+# DeepSeek's advice for R1 (temperature 0.6, top-p 0.95) over SamplingParams' OpenAI defaults
+SAMPLING = dict(temperature=0.6, top_p=0.95)
+SAMPLING_SKIP = ("stop_token_ids", "n", "logprobs")
+
+
+def _sampling_args(max_tokens: int):
     """Flags of SamplingParams and of the engine, shared by `generate` and `chat`."""
-    p.add_argument("checkpoint", help="a checkpoint directory with its tokenizer.json (e.g. runs/sft)")
-    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"new tokens at most (default: {max_tokens})")
-    p.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default: 0.6, as DeepSeek advises for R1)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling, in (0, 1] (default: 0.95)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 keeps all (default: 0)")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability (default: 0)")
-    p.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI's, in [-2, 2] (default: 0)")
-    p.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI's, in [-2, 2] (default: 0)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL's; 1 is off (default: 1)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at TEXT (repeatable)")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same output (default: random)")
-    p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
-    p.add_argument("--speculative", action="store_true",
-                   help="MTP self-speculative decoding (V3 §2.2), for checkpoints with an MTP module")
-    p.add_argument("--cache-mb", type=float, default=256.0, help="latent cache budget in MiB (default: 256)")
-    p.add_argument("--prefix-cache-dir", metavar="DIR", default=None,
-                   help="keep cached prefixes on disk too, across runs (default: memory only)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    def add(p: argparse.ArgumentParser) -> None:
+        from nanoseek.infer import EngineConfig, SamplingParams
+
+        p.add_argument("checkpoint", help="a checkpoint directory with its tokenizer.json (e.g. runs/sft)")
+        add_flags(p, SamplingParams(max_tokens=max_tokens, **SAMPLING), skip=SAMPLING_SKIP)
+        add_flags(p, EngineConfig(), skip=("compile",))
+        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    return add
 
 
-def _engine_and_params(args: argparse.Namespace):
+def _engine_and_params(args: argparse.Namespace, max_tokens: int):
     spin_briefly()
     from nanoseek.checkpoint import load_checkpoint
     from nanoseek.infer import Engine, EngineConfig, SamplingParams
     from nanoseek.tokenizer import Tokenizer
 
     set_threads(args.threads)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, min_p=args.min_p, presence_penalty=args.presence_penalty,
-                            frequency_penalty=args.frequency_penalty, repetition_penalty=args.repetition_penalty,
-                            stop=tuple(args.stop), seed=args.seed, ignore_eos=args.ignore_eos)
+    params = from_flags(args, SamplingParams(max_tokens=max_tokens, **SAMPLING), skip=SAMPLING_SKIP)
     tokenizer = Tokenizer.from_dir(args.checkpoint)
-    config = EngineConfig(cache_mb=args.cache_mb, prefix_cache_dir=args.prefix_cache_dir, speculative=args.speculative)
-    return Engine(load_checkpoint(args.checkpoint), config, tokenizer), tokenizer, params
+    engine = Engine(load_checkpoint(args.checkpoint), from_flags(args, EngineConfig(), skip=("compile",)), tokenizer)
+    return engine, tokenizer, params
 
 
 def generate_args(p: argparse.ArgumentParser) -> None:
-    _sampling_args(p, max_tokens=256)
+    _sampling_args(max_tokens=256)(p)
     p.add_argument("prompt", help="the text to continue (with --chat: the user's message)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as a user turn")
 
 
 def generate_run(args: argparse.Namespace) -> None:
-    engine, tokenizer, params = _engine_and_params(args)
+    engine, tokenizer, params = _engine_and_params(args, max_tokens=256)
     from nanoseek.infer.terminal import generate
 
     generate(engine, tokenizer, args.prompt, params, chat=args.chat)
 
 
 def chat_args(p: argparse.ArgumentParser) -> None:
-    _sampling_args(p, max_tokens=2048)
+    _sampling_args(max_tokens=2048)(p)
     p.add_argument("--system", default=None, help="a system message before the conversation")
 
 
 def chat_run(args: argparse.Namespace) -> None:
-    engine, tokenizer, params = _engine_and_params(args)
+    engine, tokenizer, params = _engine_and_params(args, max_tokens=2048)
     from nanoseek.infer.terminal import chat
 
     chat(engine, tokenizer, params, system=args.system)

@@ -44,11 +44,10 @@ class EngineConfig:
     block_size: int = 16                    # tokens per cache block (and per prefix-cache entry)
     max_seqs: int = 64                      # sequences decoded together at most
     prefill_chunk: int = 512                # prompt tokens prefilled per step at most
-    # Reuse cached blocks of earlier prompts with the same prefix. Weights modified in place are noticed through
-    # their version counters, but fused optimizers (AdamW(fused=True)) do not bump them: an engine that lives across
-    # training steps should run without it.
-    prefix_cache: bool = True
-    prefix_cache_dir: str | None = None     # also keep them on disk, across engine restarts
+    # Weights modified in place are noticed through their version counters, but fused optimizers (AdamW(fused=True))
+    # do not bump them: an engine that lives across training steps should run without the prefix cache.
+    prefix_cache: bool = True               # reuse the cached blocks of earlier prompts with the same prefix
+    prefix_cache_dir: str | None = None     # keep cached prefixes on disk too, across engine restarts
     speculative: bool = False               # MTP self-speculative decoding (needs a model with an MTP module)
     compile: bool | None = None             # decode steps through torch.compile (forward.py); False: eager;
                                             # None: the process's (nanoseek.compiling, on by default)

@@ -73,12 +73,7 @@ class DistillConfig:
                 raise ConfigError(f"{name} {value!r}: expected a number {expected}")
 
 
-# Several epochs over about two thousand traces. The student learns the more the longer and the faster it trains,
-# although its validation loss on the reference traces rises after ~200 steps. Measured from one run's pretrained
-# student and 1,784 traces of a teacher at 41.4% (440 held-out problems): 400 steps at lr 1e-3 20.7%, at 3e-3
-# 33.9% (250 steps 23.6%, 500 43.2%, 600 45.0%), at 6e-3 42.5% (42.5% again with another data order). From 1,708
-# traces of a stronger teacher (48.5%, 200 problems), 400 steps at 6e-3 reached only 35.5% (73%), 800 steps 46.5%
-# (96%; 30.5% at step 400 and 46.0% at 600 of that schedule).
+# Several epochs over about two thousand traces (docs/recipe.md, "The budgets")
 DEFAULT_TRAIN = TrainConfig(max_steps=800, batch_size=16, lr=6e-3, warmup_steps=20, eval_every=100, save_every=100)
 
 

@@ -48,8 +48,7 @@ class PretrainConfig:
         parse_styles(self.trace_styles)
 
 
-# The default budget: 8-9.5 minutes on 2 CPU cores for the tiny preset (the limit is 10). The same machine
-# ran 480 steps in 9.3 min one day and in 10.7 the next (1.16 and 1.34 s a step), so the budget keeps a margin.
+# The default budget: under 10 minutes on 2 CPU cores for the tiny preset (docs/recipe.md, "The budgets")
 DEFAULT_TRAIN = TrainConfig(max_steps=420, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50, save_every=100)
 
 

@@ -50,12 +50,8 @@ class SFTConfig:
             raise ConfigError(f"seq_len {self.seq_len!r}: expected an int >= 2")
 
 
-# The default budget: 4.2-4.8 minutes on 2 CPU cores for the tiny preset (the limit is 5; 600 steps took
-# 301.6 s one day and 346.8 s the next on the same machine). The number of steps matters more than the rows per
-# step: from the same base, 300 steps of 16 rows gave 16.5% held-out accuracy, 480 of 8 25.5%, 600 of 8 38.5%,
-# 800 of 4 23.5% (an older evaluation set, with repeats). MTP is a pre-training objective (V3 §2.2); λ = 0 here skips
-# its module, a third of a step, which buys the extra steps (620 of 8: 28.5%). The MTP module keeps its pretrained
-# weights, which speculative decoding still uses.
+# The default budget: about 5 minutes on 2 CPU cores for the tiny preset; λ = 0: MTP is a pre-training objective
+# (V3 §2.2), and skipping its module buys steps (docs/recipe.md, "The budgets")
 DEFAULT_TRAIN = TrainConfig(max_steps=500, batch_size=8, lr=3e-3, warmup_steps=10, eval_every=50, save_every=100,
                             mtp_weight=0.0)
 

@@ -8,8 +8,10 @@ import pytest
 
 from nanoseek.cli import build_parser
 from nanoseek.cli.flags import add_flags, field_help, from_flags, shown
+from nanoseek.cli.serve import SAMPLING, SAMPLING_SKIP
 from nanoseek.cli.train import TRAIN_SKIP, stage_defaults
 from nanoseek.errors import ConfigError
+from nanoseek.infer import EngineConfig, SamplingParams
 from nanoseek.train.evaluate import EvalConfig
 from nanoseek.train.rejection import RejectionConfig
 
@@ -41,16 +43,30 @@ def test_stage_flags_take_and_show_the_dataclass_defaults(stage):
                 continue
             action = actions[f.name]
             assert action.default is None, f.name                  # left out, the dataclass decides
-            assert shown_default(action) == shown(getattr(defaults, f.name)), (stage, f.name, action.help)
+            if isinstance(getattr(defaults, f.name), bool):       # a switch turns the default off or on
+                assert action.const is not getattr(defaults, f.name)
+                assert action.option_strings[0].startswith("--no-") == getattr(defaults, f.name)
+            else:
+                assert shown_default(action) == shown(getattr(defaults, f.name)), (stage, f.name, action.help)
 
 
-@pytest.mark.parametrize("command,defaults", [("eval", EvalConfig()),
-                                              ("rejection-sample", RejectionConfig(checkpoint="", prompts=""))])
+@pytest.mark.parametrize("command,defaults", [
+    ("eval", EvalConfig()), ("rejection-sample", RejectionConfig(checkpoint="", prompts="")),
+    ("generate", SamplingParams(max_tokens=256, **SAMPLING)), ("chat", SamplingParams(max_tokens=2048, **SAMPLING)),
+    ("generate", EngineConfig()), ("chat", EngineConfig())])
 def test_other_generated_flags_show_the_dataclass_defaults(command, defaults):
-    actions = {a.dest: a for a in subparsers()[command]._actions}
+    parser = subparsers()[command]
+    actions = {a.dest: a for a in parser._actions}
+    shown_fields = 0
     for f in dataclasses.fields(defaults):
-        if f.name in actions and f.name not in ("temperature", "checkpoint", "prompts"):
-            assert shown_default(actions[f.name]) == shown(getattr(defaults, f.name)), f.name
+        value = getattr(defaults, f.name)
+        if f.name in actions and f.name not in ("temperature", "checkpoint", "prompts") and not isinstance(value, bool):
+            assert shown_default(actions[f.name]) == shown(value), f.name
+            shown_fields += 1
+    assert shown_fields >= 3
+    if command in ("generate", "chat"):  # no flag given: the command's defaults exactly
+        args = parser.parse_args(["ckpt"] + (["hi"] if command == "generate" else []))
+        assert from_flags(args, defaults, skip=SAMPLING_SKIP + ("compile",)) == defaults
 
 
 def test_every_hand_written_default_in_help_is_the_one_applied():
