@@ -62,3 +62,13 @@ def test_the_package_imports_no_cycle():
     graph = imports()
     assert len(graph) > 50 and "nanoseek.train.loop" in graph["nanoseek.train.stage"]
     assert cycle(graph) is None, " -> ".join(cycle(graph))
+
+
+def test_no_private_name_is_imported_from_another_module():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nanoseek"):
+                private += [f"{module_name(path)}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_")]
+    assert private == []

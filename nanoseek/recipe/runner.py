@@ -28,7 +28,6 @@ from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
 from nanoseek.recipe.report import write_report
 from nanoseek.recipe.stages import REJECTION_SEED, Quantize, Recipe, RejectionSFT, Stage, recipe
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.train.config import TrainConfig
 from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.train.distill import DISTILL, DistillConfig, student_model, teacher_traces
 from nanoseek.train.evaluate import EvalConfig, evaluate
@@ -112,7 +111,7 @@ def stage_record(ctx: Context, stage: Stage) -> dict:
 RECORD_KEYS = ("seconds", "tokens", "generated_tokens", "flops")
 
 
-def _train(stage: Stage, folder: Path, config, train: TrainConfig | None = None) -> dict:
+def _train(stage: Stage, folder: Path, config) -> dict:
     """Train `config`'s stage into `folder`, resuming it when an earlier session left a checkpoint there; the loop's
     own counts (its FLOPs include GRPO's generation) make the record."""
     resume = (folder / RUN).is_file() and bool(checkpoint_dirs(folder))
@@ -120,7 +119,7 @@ def _train(stage: Stage, folder: Path, config, train: TrainConfig | None = None)
     if folder.exists() and not resume:
         shutil.rmtree(folder)  # an attempt that died before its first checkpoint: start it again
     start = time.perf_counter()
-    result = run_stage(TRAINING[type(config)], config, train or stage.train, folder, resume=resume)
+    result = run_stage(TRAINING[type(config)], config, stage.train, folder, resume=resume)
     if result.interrupted:
         raise KeyboardInterrupt
     seconds = time.perf_counter() - start + earlier

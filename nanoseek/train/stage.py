@@ -137,7 +137,6 @@ def run_tokenizer(path: str | Path, config: ModelConfig) -> Tokenizer:
     return stage_tokenizer(init, config)
 
 
-
 def finish(model: Transformer, tokenizer: Tokenizer, out: Path, title: str, result: TrainResult,
            extra: dict[str, str]) -> None:
     """Write the final model, the tokenizer and report.md into `out`; under torchrun, rank 0 writes the model
@@ -151,7 +150,8 @@ def finish(model: Transformer, tokenizer: Tokenizer, out: Path, title: str, resu
     rows = {
         "optimizer steps": f"{result.step}",
         "final loss": f"{result.loss:.4f}",
-        "tokens": f"{result.tokens:,}",
+        "tokens": f"{result.tokens:,}" + (f" trained, {result.generated_tokens:,} generated"
+                                          if result.generated_tokens else ""),
         "training time": f"{result.elapsed_s / 60:.1f} min",
         "throughput": f"{result.tokens_per_s:,.0f} tokens/s",
         "MFU": (f"{result.mfu:.1%} of the measured matmul peak ({result.peak_flops / 1e9:.1f} GFLOP/s)"
