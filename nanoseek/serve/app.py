@@ -133,13 +133,25 @@ async def read_json(request: Request, limit: int) -> dict:
         raise ServeError(f"the request body is {size} bytes, over this server's limit of {limit}", 413,
                          code="request_too_large")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ServeError(f"the request body is not JSON: {e}", 400, code="invalid_json") from None
+        data = json.loads(body.decode("utf-8"), parse_constant=_not_a_number)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")   # a lone surrogate ("\ud800") is no text
+    except RecursionError:
+        raise _not_json("it nests too deeply") from None
+    except UnicodeError:
+        raise _not_json("it is not valid UTF-8 text") from None
+    except ValueError as e:   # malformed, NaN or Infinity, an integer of more than 4300 digits
+        raise _not_json(str(e)) from None
     if not isinstance(data, dict):
-        raise ServeError(f"the request body must be a JSON object, got {type(data).__name__}", 400,
-                         code="invalid_json")
+        raise _not_json(f"expected an object, got {type(data).__name__}")
     return data
+
+
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _not_json(why: str) -> ServeError:
+    return ServeError(f"the request body is not JSON: {why}", 400, code="invalid_json")
 
 
 async def until_disconnect(request: Request, responder: Responder) -> Response:

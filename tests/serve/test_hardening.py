@@ -1,6 +1,7 @@
 """What a hostile or careless client once broke: a corrupt prefix-cache file, malformed JSON, control tokens spelled
 in message text, other sites' pages reaching the loopback server, bad TLS and key files."""
 import httpx
+import pytest
 from serve_helpers import LiveServer
 
 from nanoseek.serve import ServeConfig
@@ -36,3 +37,17 @@ def test_a_corrupt_prefix_cache_file_costs_a_miss_not_the_server(checkpoint, tmp
         assert metric(second, "nanoseek_prefix_cache_corrupt_files_total") == 1
     finally:
         second.close()
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff\xfe"}]}',            # not UTF-8
+    b'{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}',             # a lone surrogate
+    b'{"model": "tiny", "max_tokens": 1' + b"0" * 5000 + b"}",                              # too many digits
+    b'{"model": "tiny", "temperature": NaN}',
+    b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",            # recursion
+], ids=["utf8", "surrogate", "digits", "nan", "nesting"])
+def test_malformed_json_is_a_400_in_openai_format(server, body):
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=body,
+                   headers={**server.auth, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_json"
