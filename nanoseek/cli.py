@@ -207,6 +207,9 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory with its tokenizer.json (e.g. runs/sft)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--allowed-hosts", metavar="NAMES", default="",
+                   help="comma-separated Host header names accepted besides loopback's and --host, e.g. the machine's "
+                        "name when --host 0.0.0.0 ('*': any; other names are refused, against DNS rebinding)")
     p.add_argument("--api-key-file", metavar="FILE", default=None,
                    help="require one of the keys in FILE (one per line) as 'Authorization: Bearer KEY'")
     p.add_argument("--prices", metavar="FILE", default=None,
@@ -246,7 +249,7 @@ def serve_run(args: argparse.Namespace) -> None:
         api_keys=load_api_keys(args.api_key_file) if args.api_key_file else (),
         prices=load_prices(args.prices) if args.prices else Prices(), tls_cert=args.tls_cert, tls_key=args.tls_key,
         log_prompts=args.log_prompts, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
-        default_max_tokens=args.default_max_tokens)
+        default_max_tokens=args.default_max_tokens, allowed_hosts=tuple(filter(None, args.allowed_hosts.split(","))))
     try:
         local = ipaddress.ip_address(args.host).is_loopback
     except ValueError:

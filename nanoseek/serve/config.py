@@ -19,10 +19,13 @@ class ServeConfig:
     log_prompts: bool = False               # prompts and completions are never logged otherwise
     max_queue: int = 256                    # requests waiting for their first token at most; more get 429
     max_body_bytes: int = 1 << 20           # larger request bodies get 413
+    body_timeout_s: float = 30.0            # a body that takes longer to arrive gets 408
+    allowed_hosts: tuple[str, ...] = ()     # Host header names accepted besides loopback's and `host`; "*": any
     default_max_tokens: int = 4096          # max_tokens of a request that gives none (clipped to the context)
 
     def __post_init__(self):
         object.__setattr__(self, "api_keys", tuple(self.api_keys))
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and its key; got only the "
                               + ("certificate" if self.tls_key is None else "key"))
@@ -31,6 +34,10 @@ class ServeConfig:
         for name in ("max_queue", "max_body_bytes", "default_max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.body_timeout_s > 0:
+            raise ConfigError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
+        if any(not isinstance(h, str) or not h for h in self.allowed_hosts):
+            raise ConfigError(f"allowed hosts must be non-empty names, got {self.allowed_hosts!r}")
         if any(not isinstance(k, str) or not k for k in self.api_keys):
             raise ConfigError("API keys must be non-empty strings")
         if not self.model_name:

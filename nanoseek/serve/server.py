@@ -2,6 +2,8 @@
 which new requests get 503 while running ones finish."""
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -25,8 +27,22 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+class NoQueryStrings(logging.Filter):
+    """uvicorn's access log lines without their query strings: a client may send its key as `?api_key=...`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:   # client, method, path, version, status
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).partition("?")[0], version, status)
+        return True
+
+
+NO_QUERY_STRINGS = NoQueryStrings()
+
+
 def build_server(app: FastAPI, config: ServeConfig) -> Server:
     """A server for `app` on config.host:config.port (port 0: any free port; `server.servers` has it once started)."""
+    logging.getLogger("uvicorn.access").addFilter(NO_QUERY_STRINGS)   # once: the same filter is not added twice
     return Server(app, uvicorn.Config(
         app, host=config.host, port=config.port, ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
         proxy_headers=False,            # no proxy is trusted to say who the client is
