@@ -236,14 +236,10 @@ def serve_run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     spin_briefly()
-    from nanoseek.errors import ConfigError
     from nanoseek.infer import Engine, EngineConfig
     from nanoseek.serve import Prices, ServeConfig, load_prices, serve
     from nanoseek.serve.auth import load_api_keys
 
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{flag} {path}: no such file")
     config = ServeConfig(
         model_name=Path(args.checkpoint).resolve().name, host=args.host, port=args.port,
         api_keys=load_api_keys(args.api_key_file) if args.api_key_file else (),
@@ -262,9 +258,8 @@ def serve_run(args: argparse.Namespace) -> None:
               "unencrypted", file=sys.stderr)
     engine = Engine(args.checkpoint, EngineConfig(cache_mb=args.cache_mb, prefix_cache_dir=args.prefix_cache_dir))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    print(f"serving {config.model_name} at {config.scheme}://{args.host}:{args.port}/ (chat page at /, API at /v1)",
-          flush=True)
-    serve(engine, config)
+    serve(engine, config, lambda url: print(f"serving {config.model_name} at {url} (chat page at /, API at /v1)",
+                                            flush=True))
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:

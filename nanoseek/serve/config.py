@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from nanoseek.errors import ConfigError
 from nanoseek.serve.pricing import Prices
+from nanoseek.serve.tls import check_tls
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ServeConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and its key; got only the "
                               + ("certificate" if self.tls_key is None else "key"))
+        if self.tls_cert is not None:
+            check_tls(self.tls_cert, self.tls_key)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_queue", "max_body_bytes", "default_max_tokens"):
