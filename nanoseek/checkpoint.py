@@ -39,6 +39,7 @@ from tqdm import tqdm
 from nanoseek.atomic import fsync_path
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError
+from nanoseek.header_check import check_config_against_headers
 from nanoseek.model import Transformer
 from nanoseek.model.moe import expert_weight_name
 from nanoseek.model.rope import RotaryEmbedding
@@ -317,6 +318,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
                               f"load it on 'cpu', not {str(device)!r} (or quantize to fp8 or bf16 for a GPU)")
     files = _open_weights(path)
     stored = {name: file for file, handle in files.items() for name in handle.keys()}  # name -> its file
+    check_config_against_headers(config, files, stored, path)
     sources, config = _match_names(stored, config, path)
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = Transformer(config)
