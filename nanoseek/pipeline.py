@@ -45,6 +45,7 @@ from nanoseek.cost import flops_per_token, measure_matmul_peak
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import ConfigError
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
+from nanoseek.out_folder import check_writable
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.data import DIFFICULTY, eval_problems
 from nanoseek.train.distill import (DEFAULT_TRAIN as DISTILL_TRAIN, TRACES, DistillConfig, distill, student_model,
@@ -213,6 +214,7 @@ def run(out: str | Path, size: str = "default") -> list[dict]:
     plan = recipe(size)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder")
+    check_writable(out.resolve())
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "recipe.json"
     if saved.exists() and json.loads(saved.read_text())["size"] != size:

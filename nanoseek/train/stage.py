@@ -15,6 +15,7 @@ from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError, ConfigError
 from nanoseek.model import Transformer
+from nanoseek.out_folder import check_new_folder
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.loop import TrainResult
@@ -32,9 +33,8 @@ def check_out(out: Path, resume: bool) -> None:
         if not (out / RUN).is_file():
             raise CheckpointError(f"cannot resume {out}: no {RUN} there (is it a training run's --out folder?)")
         latest_checkpoint(out)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output folder {out} is not empty; continue that run with --resume {out} "
-                          f"or choose another --out")
+    else:
+        check_new_folder(out, f"continue that run with --resume {out} or choose another --out")
     distributed.barrier()  # under torchrun, every rank looks before rank 0 writes
 
 
