@@ -37,7 +37,8 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 PAGE_HEADERS = {
     # inline script and style only, and requests to this server only: nothing from a CDN, nothing sent elsewhere
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                               "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                               "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
     "X-Frame-Options": "DENY",              # frame-ancestors for browsers that predate it
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
