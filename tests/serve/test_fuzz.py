@@ -99,3 +99,31 @@ def test_odd_paths(fuzzed, model, query):
         return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
     check(fuzzed.get(f"/v1/models/{quoted(model)}?api_key={quoted(query)}"))
+
+
+GENERATING = settings(FUZZ, max_examples=60)   # most of these generate: fewer of them
+PLAIN = st.text(max_size=12)                   # no lone surrogates: requests that get past the JSON check
+SAMPLING = {"temperature": st.floats(0, 2), "top_p": st.floats(0, 1, exclude_min=True), "n": st.integers(1, 3),
+            "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
+            "stop": PLAIN.filter(bool) | st.lists(PLAIN.filter(bool), min_size=1, max_size=3),
+            "seed": st.integers(0, 2**63 - 1), "max_tokens": st.integers(1, 3), "stream": st.booleans(),
+            "user": PLAIN}
+
+
+@GENERATING
+@given(messages=st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
+                                                 "content": PLAIN}), min_size=1, max_size=3),
+       fields=st.fixed_dictionaries({}, optional={**SAMPLING, "logprobs": st.just(True),
+                                                  "top_logprobs": st.integers(0, 20)}))
+def test_valid_chat_of_any_values(fuzzed, messages, fields):
+    body = {"model": "tiny", "messages": messages, **fields}
+    if fields.get("stream"):
+        body["stream_options"] = {"include_usage": True}
+    post(fuzzed, "/v1/chat/completions", json.dumps(body).encode())
+
+
+@GENERATING
+@given(prompt=PLAIN.filter(bool) | st.lists(st.integers(0, 2047), min_size=1, max_size=8),
+       fields=st.fixed_dictionaries({}, optional={**SAMPLING, "logprobs": st.integers(0, 20)}))
+def test_valid_completion_of_any_values(fuzzed, prompt, fields):
+    post(fuzzed, "/v1/completions", json.dumps({"model": "tiny", "prompt": prompt, **fields}).encode())
