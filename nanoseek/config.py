@@ -58,9 +58,6 @@ class ModelConfig:
 
     def __post_init__(self):
         validate(self)
-        for name in ("bos_token_id", "eos_token_id"):
-            if getattr(self, name) >= self.vocab_size:
-                raise ConfigError(f"{name}={getattr(self, name)} is outside the vocabulary of {self.vocab_size}")
         if self.qk_rope_head_dim % 2:
             raise ConfigError(f"qk_rope_head_dim must be even for RoPE, got {self.qk_rope_head_dim}")
         if self.attention_type not in ("mla", "gqa"):

@@ -99,7 +99,7 @@ def test_bad_model_name_is_one_line_error():
     (dict(rope_theta=1), "rope_theta must be > 1"),
     (dict(norm_topk_prob="yes"), "norm_topk_prob must be of type bool"),
     (dict(scoring_func=None), "scoring_func must be of type str"),
-    (dict(eos_token_id=5000), "eos_token_id=5000 is outside the vocabulary"),
+    (dict(eos_token_id=-1), "eos_token_id must be >= 0"),
     (dict(rope_scaling="yarn"), "rope_scaling must be of type dict or null"),
     (dict(rope_scaling={"type": "yarn", "factor": float("inf"), "original_max_position_embeddings": 4096}),
      "rope_scaling.factor must be a positive number"),
