@@ -1,5 +1,5 @@
 """What a hostile or careless client once broke: a corrupt prefix-cache file, malformed JSON, control tokens spelled
-in message text, other sites' pages reaching the loopback server, bad TLS and key files."""
+in message text, other sites' pages reaching the loopback server. (Bad TLS and key files: test_serve_cli.py.)"""
 import logging
 import socket
 
