@@ -57,11 +57,7 @@ class ModelConfig:
     eos_token_id: int = 1
 
     def __post_init__(self):
-        positive = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
-                    "qk_rope_head_dim", "v_head_dim", "max_position_embeddings"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        validate(self)
         if self.qk_rope_head_dim % 2:
             raise ConfigError(f"qk_rope_head_dim must be even for RoPE, got {self.qk_rope_head_dim}")
         if self.attention_type not in ("mla", "gqa"):
@@ -89,8 +85,10 @@ class ModelConfig:
             if self.n_group > 1 and per_group < 2:
                 raise ConfigError("group-limited routing scores a group by its top-2 experts: "
                                   f"need >= 2 experts per group, got {per_group}")
-        if self.rope_scaling is not None and self.rope_scaling.get("type", self.rope_scaling.get("rope_type")) != "yarn":
-            raise ConfigError(f"only YaRN rope_scaling is supported, got {self.rope_scaling!r}")
+        if self.rope_scaling is not None:
+            if self.rope_scaling.get("type", self.rope_scaling.get("rope_type")) != "yarn":
+                raise ConfigError(f"only YaRN rope_scaling is supported, got {self.rope_scaling!r}")
+            _check_yarn(self.rope_scaling)
 
     # ---- derived shapes -------------------------------------------------------------------------------------------
     @property
@@ -148,11 +146,14 @@ class ModelConfig:
             d.update(attention_type="gqa", n_routed_experts=0, first_k_dense_replace=0, num_nextn_predict_layers=0,
                      rope_interleave=False, q_lora_rank=None)
         rope = d.pop("rope_parameters", None)
+        if rope is not None and not isinstance(rope, dict):
+            raise ConfigError(f"rope_parameters must be an object, got {rope!r:.80}")
         if rope:
             d.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
             if rope.get("rope_type", rope.get("type", "default")) != "default":
                 d.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
-        if d.get("rope_scaling") and d["rope_scaling"].get("type", d["rope_scaling"].get("rope_type")) in (None, "default"):
+        scaling = d.get("rope_scaling")
+        if isinstance(scaling, dict) and scaling.get("type", scaling.get("rope_type")) in (None, "default"):
             d["rope_scaling"] = None
         if d.get("n_routed_experts") is None:
             d["n_routed_experts"] = 0
@@ -222,6 +223,51 @@ class ModelConfig:
         if self.attention_type == "gqa":
             return self.attention_head_dim, self.attention_head_dim
         return self.qk_head_dim, self.v_head_dim
+
+
+# ---- validation -------------------------------------------------------------------------------------------------
+POSITIVE = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "q_lora_rank", "kv_lora_rank",
+            "qk_rope_head_dim", "v_head_dim", "n_group", "topk_group", "routed_scaling_factor",
+            "max_position_embeddings", "rms_norm_eps")
+ABOVE = {**dict.fromkeys(POSITIVE, 0), "rope_theta": 1}   # RoPE's base: its logarithm divides (YaRN)
+
+
+def validate(config: ModelConfig) -> None:
+    """Every field of the type its annotation names (an int is no bool, a float is finite) and in its range: a bad
+    config.json ("4" for 4, 4.5 layers, zero groups, a NaN epsilon) is one line naming the field, not a traceback
+    from deep inside the model. The other fields are counts and ids, >= 0."""
+    for f in dataclasses.fields(config):
+        value, (kind, *optional) = getattr(config, f.name), f.type.split(" | ")
+        if value is None and optional:
+            continue
+        if not _is(value, kind):
+            raise ConfigError(f"{f.name} must be {'a finite number' if kind == 'float' else f'of type {kind}'}"
+                              + (" or null" if optional else "") + f", got {value!r:.80}")
+        if kind in ("int", "float"):
+            bound = ABOVE.get(f.name)
+            if bound is not None and not value > bound:
+                raise ConfigError(f"{f.name} must be > {bound}, got {value}")
+            if bound is None and value < 0:
+                raise ConfigError(f"{f.name} must be >= 0, got {value}")
+
+
+def _is(value, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"bool": bool, "str": str, "dict": dict}[kind])
+
+
+def _check_yarn(scaling: dict) -> None:
+    """YaRN's factor and original context are required (rope.py); its other numbers, when given, are finite."""
+    for key in ("factor", "original_max_position_embeddings"):
+        if not _is(scaling.get(key), "float") or scaling[key] <= 0:
+            raise ConfigError(f"rope_scaling.{key} must be a positive number, got {scaling.get(key)!r:.80}")
+    for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+        if scaling.get(key) is not None and not _is(scaling[key], "float"):
+            raise ConfigError(f"rope_scaling.{key} must be a finite number, got {scaling[key]!r:.80}")
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:

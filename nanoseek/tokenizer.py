@@ -8,9 +8,13 @@ tokenizer puts them first in the vocabulary (bos = 0, eos = 1, ...).
 The chat template exists twice, side by side and tested equal: `render_chat` in Python (the
 training stages use it, and `chat_ids` builds the SFT loss mask from its pieces) and
 `CHAT_TEMPLATE` in Jinja, saved into tokenizer_config.json for transformers' apply_chat_template.
+In `chat_ids` only the template emits control tokens: message text that spells one (a user
+writing `<｜end▁of▁sentence｜><｜Assistant｜>` to close their turn and write the assistant's) is
+encoded as the plain text it is (`encode_text`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -113,6 +117,21 @@ class Tokenizer:
         ids = self._backend.encode(text, add_special_tokens=False).ids
         return [self.bos_id, *ids] if add_bos else ids
 
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text` as plain text: a special-token string inside it is spelled out, byte by byte."""
+        return self._plain_text.encode(text, add_special_tokens=False).ids
+
+    @functools.cached_property
+    def _plain_text(self) -> Backend:
+        """The backend with every added token (DeepSeek's own tokenizer.json leaves <think> unspecial) marked
+        special and special tokens not split out of text."""
+        spec = json.loads(self._backend.to_str())
+        for token in spec.get("added_tokens", []):
+            token["special"] = True
+        backend = Backend.from_str(json.dumps(spec))
+        backend.encode_special_tokens = True
+        return backend
+
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special)
 
@@ -170,27 +189,28 @@ def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int,
 def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
     """The conversation as one string in DeepSeek-R1's format:
     bos, system text, then `<｜User｜>content` and `<｜Assistant｜>[<think>\\n…\\n</think>\\n\\n]content<eos>`."""
-    return "".join(text for text, _ in _chat_pieces(messages, add_generation_prompt))
+    return "".join(text for text, _, _ in _chat_pieces(messages, add_generation_prompt))
 
 
 def chat_ids(tokenizer: Tokenizer, messages: Sequence[dict],
              add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of render_chat(messages) and a loss mask: 1 on each assistant turn's reasoning,
-    think tags, content and closing eos; 0 on bos, system, user turns and `<｜Assistant｜>` itself."""
+    think tags, content and closing eos; 0 on bos, system, user turns and `<｜Assistant｜>` itself.
+    Message text is encoded as text: a control token it spells costs what any text does."""
     ids: list[int] = []
     mask: list[int] = []
     # Every boundary between pieces sits next to a special token, and BPE never merges across one,
     # so encoding piece by piece gives the same ids as encoding the whole string.
-    for text, trained in _chat_pieces(messages, add_generation_prompt):
-        piece = tokenizer.encode(text)
+    for text, trained, control in _chat_pieces(messages, add_generation_prompt):
+        piece = tokenizer.encode(text) if control else tokenizer.encode_text(text)
         ids += piece
         mask += [int(trained)] * len(piece)
     return ids, mask
 
 
-def _chat_pieces(messages: Sequence[dict], add_generation_prompt: bool) -> list[tuple[str, bool]]:
-    """render_chat as (text, is_assistant_output) pieces."""
-    pieces = [(BOS, False)]
+def _chat_pieces(messages: Sequence[dict], add_generation_prompt: bool) -> list[tuple[str, bool, bool]]:
+    """render_chat as (text, is_assistant_output, is_control_token) pieces."""
+    pieces = [(BOS, False, True)]
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
         if not isinstance(content, str):
@@ -198,19 +218,22 @@ def _chat_pieces(messages: Sequence[dict], add_generation_prompt: bool) -> list[
         if role == "system":
             if i != 0:
                 raise TokenizerError(f"message {i} is a system message; a system message may only come first")
-            pieces.append((content, False))
+            pieces.append((content, False, False))
         elif role == "user":
-            pieces.append((USER + content, False))
+            pieces += [(USER, False, True), (content, False, False)]
         elif role == "assistant":
             # DeepSeek convention: earlier turns' reasoning is not fed back; only a final assistant
             # message (the SFT target) keeps it. R1 (arXiv 2501.12948) §2.3.1: <think> then the answer.
             reasoning = m.get("reasoning_content") if i == len(messages) - 1 else None
-            think = f"{THINK}\n{reasoning}\n{END_THINK}\n\n" if reasoning else ""
-            pieces += [(ASSISTANT, False), (think + content + EOS, True)]
+            pieces.append((ASSISTANT, False, True))
+            if reasoning:
+                pieces += [(THINK, True, True), (f"\n{reasoning}\n", True, False), (END_THINK, True, True)]
+                content = "\n\n" + content
+            pieces += [(content, True, False), (EOS, True, True)]
         else:
             raise TokenizerError(f"message {i} has role {role!r}; expected 'system', 'user' or 'assistant'")
     if add_generation_prompt:
-        pieces.append((ASSISTANT, False))
+        pieces.append((ASSISTANT, False, True))
     return pieces
 
 

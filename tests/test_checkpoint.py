@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from nanoseek.checkpoint import files, load
 from nanoseek import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
-from nanoseek.errors import CheckpointError
+from nanoseek.errors import CheckpointError, NanoseekError
 from nanoseek.model import Transformer
 
 TINY = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
@@ -363,3 +363,32 @@ def test_llama_export_refuses_what_llama_cannot_express(tmp_path, change, words)
     with pytest.raises(CheckpointError, match=words):
         save_checkpoint(make_model(config), tmp_path / "ck", format="hf")
     assert not tmp_path.joinpath("ck").exists()
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(num_hidden_layers=100_000), "num_hidden_layers=100000, but the weights hold 2 layers"),
+    (dict(n_routed_experts=1_000_000), "n_routed_experts=1000000 from layer 1 on, but the weights hold "
+                                       "layers.1.mlp.gate.weight of shape (4, 32)"),
+    (dict(vocab_size=10**12), "vocab_size=1000000000000"),
+])
+def test_a_config_claiming_more_than_the_headers_is_refused_before_the_model_is_built(tmp_path, monkeypatch,
+                                                                                      change, words):
+    save_checkpoint(make_model(), tmp_path / "ck")
+    file = tmp_path / "ck" / "config.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), **change}))
+
+    def no_model(config):
+        raise AssertionError("the model was built before the config was checked against the weights")
+
+    monkeypatch.setattr(load, "Transformer", no_model)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "ck")
+    assert words in str(e.value)
+
+
+def test_a_config_json_of_the_wrong_types_is_one_error(tmp_path):
+    save_checkpoint(make_model(), tmp_path / "ck")
+    file = tmp_path / "ck" / "config.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "n_group": 0, "rms_norm_eps": float("nan")}))
+    with pytest.raises(NanoseekError, match="n_group must be > 0"):
+        load_checkpoint(tmp_path / "ck")

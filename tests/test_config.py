@@ -85,3 +85,29 @@ def test_every_subcommand_has_help():
 def test_bad_model_name_is_one_line_error():
     r = subprocess.run([sys.executable, "-m", "nanoseek", "info", "nope"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'nope'" in r.stderr
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(hidden_size="192"), "hidden_size must be of type int, got '192'"),
+    (dict(num_hidden_layers=4.5), "num_hidden_layers must be of type int, got 4.5"),
+    (dict(num_experts_per_tok=True), "num_experts_per_tok must be of type int"),
+    (dict(n_group=0), "n_group must be > 0, got 0"),
+    (dict(moe_intermediate_size=-8), "moe_intermediate_size must be > 0"),
+    (dict(n_shared_experts=-1), "n_shared_experts must be >= 0"),
+    (dict(q_lora_rank="96"), "q_lora_rank must be of type int or null"),
+    (dict(rms_norm_eps=float("nan")), "rms_norm_eps must be a finite number"),
+    (dict(rope_theta=1), "rope_theta must be > 1"),
+    (dict(norm_topk_prob="yes"), "norm_topk_prob must be of type bool"),
+    (dict(scoring_func=None), "scoring_func must be of type str"),
+    (dict(eos_token_id=-1), "eos_token_id must be >= 0"),
+    (dict(rope_scaling="yarn"), "rope_scaling must be of type dict or null"),
+    (dict(rope_scaling={"type": "yarn", "factor": float("inf"), "original_max_position_embeddings": 4096}),
+     "rope_scaling.factor must be a positive number"),
+    (dict(rope_scaling={"type": "yarn", "factor": 4}), "rope_scaling.original_max_position_embeddings"),
+])
+def test_every_field_is_checked_for_type_and_range(changes, words):
+    """As config.json gives them (NaN included): one ConfigError naming the field, never a traceback from deeper."""
+    d = json.loads(json.dumps({**ModelConfig().to_dict(), **changes}))
+    with pytest.raises(ConfigError) as e:
+        ModelConfig.from_dict(d)
+    assert words in str(e.value)

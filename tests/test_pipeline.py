@@ -6,8 +6,10 @@ import time
 
 import pytest
 
+from nanoseek.recipe import runner
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.cli import main
+from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, SamplingParams
 
 STAGES = ["pretrain", "r1-zero", "sft", "grpo", "rejection-sft", "grpo-final", "pretrain-student", "distill",
@@ -99,3 +101,8 @@ def test_rejection_questions_take_the_levels_in_turn_and_replay_mixes_in_cold_st
     rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert sum(r["reasoning"] == "mine" for r in rows) == 4 and all(verify(r, r["answer"]) for r in rows)
     assert [r["reasoning"] == "mine" for r in rows] != [True] * 4 + [False] * 6   # shuffled together
+
+
+def test_an_out_folder_under_proc_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="cannot write the output folder /proc/nanoseek-run"):
+        runner.run("/proc/nanoseek-run", "smoke")

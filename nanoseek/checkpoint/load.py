@@ -11,6 +11,7 @@ import torch
 
 from nanoseek.checkpoint.files import CONFIG, available_memory, open_weights, read_json
 from nanoseek.checkpoint.fp8 import read_float_tensor
+from nanoseek.checkpoint.headers import check_config_against_headers
 from nanoseek.checkpoint.hf import hf_name, nanoseek_name
 from nanoseek.checkpoint.native import stack_experts, stored_state
 from nanoseek.checkpoint.quantized import int_format, read_quantized
@@ -42,6 +43,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
                               f"load it on 'cpu', not {str(device)!r} (or quantize to fp8 or bf16 for a GPU)")
     files = open_weights(path)
     stored = {name: file for file, handle in files.items() for name in handle.keys()}  # name -> its file
+    check_config_against_headers(config, files, stored, path)
     sources, config = _match_names(stored, config, path)
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = Transformer(config)

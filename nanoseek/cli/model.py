@@ -171,14 +171,12 @@ def checkpoint_run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from nanoseek.checkpoint import load_checkpoint, save_checkpoint
-    from nanoseek.errors import ConfigError
     from nanoseek.tokenizer import Tokenizer
     from nanoseek.train.dist_checkpoint import consolidate
+    from nanoseek.train.run_folder import check_new_folder
     from nanoseek.train.stage import run_tokenizer
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output folder {out} is not empty; choose another --out")
+    out = check_new_folder(args.out, "choose another --out")
     if args.action == "consolidate":
         model = consolidate(args.src)
         tokenizer, fmt = run_tokenizer(args.src, model.config), args.format

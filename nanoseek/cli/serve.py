@@ -8,65 +8,58 @@ from nanoseek.cli.flags import add_flags, from_flags
 from nanoseek.threads import set_threads, spin_briefly
 
 
+# ServeConfig fields with flags of another form: the model's name is its folder's, keys and prices come from files,
+# allowed hosts as one comma-separated list
+SERVE_SKIP = ("model_name", "api_keys", "prices", "allowed_hosts")
+
+
 def serve_args(p: argparse.ArgumentParser) -> None:
+    from nanoseek.infer import EngineConfig
+    from nanoseek.serve import ServeConfig
+
     p.add_argument("checkpoint", help="a checkpoint directory with its tokenizer.json (e.g. runs/sft)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    add_flags(p, ServeConfig(), skip=SERVE_SKIP)
+    p.add_argument("--allowed-hosts", metavar="NAMES", default="",
+                   help="comma-separated Host header names accepted besides loopback's and --host, e.g. the machine's "
+                        "name when --host 0.0.0.0 ('*': any; other names are refused, against DNS rebinding)")
     p.add_argument("--api-key-file", metavar="FILE", default=None,
                    help="require one of the keys in FILE (one per line) as 'Authorization: Bearer KEY'")
     p.add_argument("--prices", metavar="FILE", default=None,
                    help="JSON prices in USD per million tokens, any of input_cache_hit, input_cache_miss, output "
                         "(default: DeepSeek V3's 0.07, 0.27, 1.10)")
-    p.add_argument("--tls-cert", metavar="FILE", default=None, help="PEM certificate: serve HTTPS (with --tls-key)")
-    p.add_argument("--tls-key", metavar="FILE", default=None, help="PEM private key of --tls-cert")
-    p.add_argument("--cache-mb", type=float, default=256.0, help="latent cache budget in MiB (default: 256)")
-    p.add_argument("--prefix-cache-dir", metavar="DIR", default=None,
-                   help="also keep cached prefixes on disk, across restarts (default: memory only)")
-    p.add_argument("--log-prompts", action="store_true",
-                   help="log prompts and completions (without it they are never logged)")
-    p.add_argument("--max-queue", type=int, default=256,
-                   help="requests waiting for their first token at most; more get 429 (default: 256)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
-                   help="largest request body; larger ones get 413 (default: 1048576)")
-    p.add_argument("--default-max-tokens", type=int, default=4096,
-                   help="max_tokens of a request that sets none (default: 4096, clipped to the context)")
+    add_flags(p, EngineConfig(), skip=("compile",))
 
 
 def serve_run(args: argparse.Namespace) -> None:
+    import dataclasses
     import ipaddress
     import logging
     from pathlib import Path
 
     spin_briefly()
-    from nanoseek.errors import ConfigError
     from nanoseek.infer import Engine, EngineConfig
     from nanoseek.serve import Prices, ServeConfig, load_prices, serve
     from nanoseek.serve.auth import load_api_keys
 
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{flag} {path}: no such file")
-    config = ServeConfig(
-        model_name=Path(args.checkpoint).resolve().name, host=args.host, port=args.port,
+    config = from_flags(args, dataclasses.replace(
+        ServeConfig(), model_name=Path(args.checkpoint).resolve().name,
         api_keys=load_api_keys(args.api_key_file) if args.api_key_file else (),
-        prices=load_prices(args.prices) if args.prices else Prices(), tls_cert=args.tls_cert, tls_key=args.tls_key,
-        log_prompts=args.log_prompts, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
-        default_max_tokens=args.default_max_tokens)
+        prices=load_prices(args.prices) if args.prices else Prices(),
+        allowed_hosts=tuple(filter(None, args.allowed_hosts.split(",")))), skip=SERVE_SKIP)
     try:
-        local = ipaddress.ip_address(args.host).is_loopback
+        local = ipaddress.ip_address(config.host).is_loopback
     except ValueError:
-        local = args.host == "localhost"
+        local = config.host == "localhost"
     if not local and not config.api_keys:
-        print(f"nanoseek: warning: listening on {args.host} without --api-key-file: anyone who can reach it may "
+        print(f"nanoseek: warning: listening on {config.host} without --api-key-file: anyone who can reach it may "
               "use it", file=sys.stderr)
     if not local and not config.tls_cert:
-        print(f"nanoseek: warning: listening on {args.host} without TLS: prompts and replies cross the network "
+        print(f"nanoseek: warning: listening on {config.host} without TLS: prompts and replies cross the network "
               "unencrypted", file=sys.stderr)
-    engine = Engine(args.checkpoint, EngineConfig(cache_mb=args.cache_mb, prefix_cache_dir=args.prefix_cache_dir))
+    engine = Engine(args.checkpoint, from_flags(args, EngineConfig(), skip=("compile",)))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    print(f"serving {config.model_name} at {config.scheme}://{args.host}:{args.port}/ (chat page at /, API at /v1)",
-          flush=True)
-    serve(engine, config)
+    serve(engine, config, lambda url: print(f"serving {config.model_name} at {url} (chat page at /, API at /v1)",
+                                            flush=True))
 
 
 # DeepSeek's advice for R1 (temperature 0.6, top-p 0.95) over SamplingParams' OpenAI defaults

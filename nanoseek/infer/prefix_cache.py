@@ -12,12 +12,14 @@ key covers one token more (`lookahead`).
 Blocks nobody holds stay in the pool, least recently used first, and are reused only when space runs out
 (kv_cache.BlockPool). With a directory, every keyed block is also written there as safetensors, named by its
 key, and a prompt whose blocks are on disk but no longer in memory loads them back; the key's root mixes in
-a fingerprint of the model and of the cache layout, so another model never reads them. The engine never deletes
-those files: remove the directory to empty it.
+a fingerprint of the model and of the cache layout, so another model never reads them. The engine deletes only a
+file it cannot read back (truncated, say), which then costs a cache miss and is counted in `corrupt_files`; remove
+the directory to empty it.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
@@ -28,12 +30,15 @@ from nanoseek.atomic import write_atomic
 from nanoseek.errors import InferenceError
 from nanoseek.infer.kv_cache import BlockPool
 
+log = logging.getLogger("nanoseek.infer")
+
 
 class PrefixCache:
     def __init__(self, pool: BlockPool, root: bytes, lookahead: int = 0, directory: str | Path | None = None):
         self.pool, self.bs, self.lookahead = pool, pool.block_size, lookahead
         self.root = root
         self.directory = Path(directory) if directory is not None else None
+        self.corrupt_files = 0   # files read back from the directory that were unreadable, and deleted
         if self.directory is not None:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -91,14 +96,22 @@ class PrefixCache:
         try:
             kv = load_file(file)["kv"]
         except (SafetensorError, KeyError, OSError) as e:
-            raise InferenceError(f"prefix cache file {file} is unreadable: {e}") from None
+            self._discard(file, str(e))
+            return None
         expected = (self.pool.layers, self.bs, self.pool.width)
         if tuple(kv.shape) != expected:
-            raise InferenceError(f"prefix cache file {file} holds shape {tuple(kv.shape)}, expected {expected}")
+            self._discard(file, f"shape {tuple(kv.shape)}, expected {expected}")
+            return None
         [block] = self.pool.allocate(1)
         self.pool.write_block(block, kv)
         self.pool.set_key(block, key)
         return block
+
+    def _discard(self, file: Path, reason: str) -> None:
+        """A damaged entry costs a miss, not the engine: delete it (the block is computed and written afresh)."""
+        log.warning("prefix cache file %s is unreadable (%s); deleted it", file.name, reason)
+        file.unlink(missing_ok=True)
+        self.corrupt_files += 1
 
 
 def _token_bytes(tokens: list[int]) -> bytes:

@@ -38,7 +38,8 @@ from nanoseek.train.pretrain import PRETRAIN, PretrainConfig
 from nanoseek.train.rejection import rejection_sample
 from nanoseek.train.rl import GRPO
 from nanoseek.train.run_folder import (CHECKPOINTS, COUNTS, DISTILL_TRACES, METRICS, PROMPTS, RECIPE, REJECTION, RUN,
-                                       SAMPLES, STAGE, TRAIN_ROWS, TRACES, TRAINED, checkpoint_dirs, elapsed_before)
+                                       SAMPLES, STAGE, TRAIN_ROWS, TRACES, TRAINED, check_writable, checkpoint_dirs,
+                                       elapsed_before)
 from nanoseek.train.sft import SFT, SFTConfig
 from nanoseek.train.stage import device_of, run_stage
 
@@ -58,6 +59,7 @@ def run(out: str | Path, size: str = "default") -> list[dict]:
     plan = recipe(size)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder")
+    check_writable(out.resolve())
     out.mkdir(parents=True, exist_ok=True)
     saved = out / RECIPE
     if saved.exists() and json.loads(saved.read_text())["size"] != size:

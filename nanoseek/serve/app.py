@@ -3,7 +3,9 @@
 `create_app(engine, config)` builds it; server.py runs it under uvicorn. Errors are OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`. The app fetches nothing from anywhere: FastAPI's /docs pages,
 which load their scripts from a CDN, are turned off, and the chat page's Content-Security-Policy lets it talk to
-this server only.
+this server only. Other sites' pages get nothing from it: a request naming another host is refused (hosts.py), the
+API reads only `application/json` bodies (a cross-site form can send text/plain, never JSON, without asking
+first), and the chat page may not be framed.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from nanoseek.infer import Engine
 from nanoseek.serve.auth import KeyCheck
 from nanoseek.serve.completions import Responder
 from nanoseek.serve.config import ServeConfig
+from nanoseek.serve.hosts import allowed_hosts, check_host
 from nanoseek.serve.metrics import Metrics
 from nanoseek.serve.requests import check_model, parse_chat, parse_completion
 from nanoseek.serve.worker import EngineWorker
@@ -29,11 +32,14 @@ from nanoseek.serve.worker import EngineWorker
 PAGE = Path(__file__).parent / "static" / "index.html"
 PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-               413: "invalid_request_error", 429: "rate_limit_error"}
+               408: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+               429: "rate_limit_error"}
 PAGE_HEADERS = {
     # inline script and style only, and requests to this server only: nothing from a CDN, nothing sent elsewhere
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                               "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
+                               "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",              # frame-ancestors for browsers that predate it
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
@@ -57,7 +63,13 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         finally:
             worker.stop()
 
-    app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    hosts = allowed_hosts(config.host, config.allowed_hosts)
+
+    def host(request: Request) -> None:
+        check_host(request.headers.get("host"), hosts)
+
+    app = FastAPI(title="nanoseek", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(host)])
     app.state.worker = worker
     app.add_middleware(RequestCounter, metrics=metrics)
 
@@ -101,7 +113,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         return model_card()
 
     async def generate(request: Request, chat: bool) -> Response:
-        body = await read_json(request, config.max_body_bytes)
+        body = await read_json(request, config.max_body_bytes, config.body_timeout_s)
         parse = parse_chat if chat else parse_completion
         gen = parse(body, tokenizer, config, engine.config.max_seqs, engine.context)
         job = await worker.open(gen.prompt, gen.params)
@@ -121,25 +133,50 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     return app
 
 
-async def read_json(request: Request, limit: int) -> dict:
+async def read_json(request: Request, limit: int, timeout: float) -> dict:
     """The request body as a JSON object. A body over the limit is read to its end but not kept, so the client
-    gets its 413 instead of a connection reset."""
+    gets its 413 instead of a connection reset; one that trickles in for longer than `timeout` seconds gets 408."""
+    try:
+        body, size = await asyncio.wait_for(_read_body(request, limit), timeout)
+    except asyncio.TimeoutError:
+        raise ServeError(f"the request body took longer than {timeout:g} s to arrive", 408,
+                         code="request_timeout") from None
+    if size > limit:
+        raise ServeError(f"the request body is {size} bytes, over this server's limit of {limit}", 413,
+                         code="request_too_large")
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ServeError(f"the request body must be sent as Content-Type: application/json, got {kind!r:.80}", 415,
+                         code="unsupported_media_type")
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_not_a_number)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")   # a lone surrogate ("\ud800") is no text
+    except RecursionError:
+        raise _not_json("it nests too deeply") from None
+    except UnicodeError:
+        raise _not_json("it is not valid UTF-8 text") from None
+    except ValueError as e:   # malformed, NaN or Infinity, an integer of more than 4300 digits
+        raise _not_json(str(e)) from None
+    if not isinstance(data, dict):
+        raise _not_json(f"expected an object, got {type(data).__name__}")
+    return data
+
+
+async def _read_body(request: Request, limit: int) -> tuple[bytes, int]:
     body, size = bytearray(), 0
     async for piece in request.stream():
         size += len(piece)
         if size <= limit:
             body += piece
-    if size > limit:
-        raise ServeError(f"the request body is {size} bytes, over this server's limit of {limit}", 413,
-                         code="request_too_large")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ServeError(f"the request body is not JSON: {e}", 400, code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ServeError(f"the request body must be a JSON object, got {type(data).__name__}", 400,
-                         code="invalid_json")
-    return data
+    return bytes(body), size
+
+
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _not_json(why: str) -> ServeError:
+    return ServeError(f"the request body is not JSON: {why}", 400, code="invalid_json")
 
 
 async def until_disconnect(request: Request, responder: Responder) -> Response:

@@ -15,6 +15,10 @@ def load_api_keys(path: str | Path) -> tuple[str, ...]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise ConfigError(f"no API key file at {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the API key file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the API key file {path} is not UTF-8 text") from None
     keys = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
     if not keys:
         raise ConfigError(f"{path} holds no API key (one per line)")

@@ -77,6 +77,10 @@ class Metrics:
                f"nanoseek_cache_blocks {worker.total_blocks}")
         metric("nanoseek_cache_free_blocks", "gauge", "Cache blocks no sequence holds (parked prefixes included).",
                f"nanoseek_cache_free_blocks {worker.free_blocks}")
+        prefix = worker.engine.prefix
+        metric("nanoseek_prefix_cache_corrupt_files_total", "counter",
+               "Prefix cache files on disk that could not be read back, deleted (each a cache miss).",
+               f"nanoseek_prefix_cache_corrupt_files_total {prefix.corrupt_files if prefix is not None else 0}")
         metric("nanoseek_time_to_first_token_seconds", "histogram", "From a request's arrival to its first token.",
                *self.first_token.lines("nanoseek_time_to_first_token_seconds"))
         metric("nanoseek_request_duration_seconds", "histogram", "From a request's arrival to its last token.",

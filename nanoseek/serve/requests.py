@@ -129,7 +129,7 @@ def _messages(messages) -> list[dict]:
         name = f"messages[{i}]"
         if not isinstance(m, dict):
             raise _invalid(name, f"expected an object with role and content, got {_short(m)}")
-        role = ROLES.get(m.get("role"))
+        role = ROLES.get(m.get("role")) if isinstance(m.get("role"), str) else None
         if role is None:
             raise _invalid(f"{name}.role", f"expected one of {sorted(ROLES)}, got {_short(m.get('role'))}")
         content = m.get("content")

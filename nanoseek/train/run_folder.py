@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from nanoseek import distributed
@@ -58,10 +59,31 @@ def check_out(out: Path, resume: bool) -> None:
         if not (out / RUN).is_file():
             raise CheckpointError(f"cannot resume {out}: no {RUN} there (is it a training run's --out folder?)")
         latest_checkpoint(out)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output folder {out} is not empty; continue that run with --resume {out} "
-                          f"or choose another --out")
+    else:
+        check_new_folder(out, f"continue that run with --resume {out} or choose another --out")
     distributed.barrier()  # under torchrun, every rank looks before rank 0 writes
+
+
+# The --out folder of a command is checked resolved: spelled `runs/missing/../r1` it writes to `runs/r1`, and that is
+# the folder that must be new or empty (unresolved, the missing folder in it hides the run already there). It must
+# also be one a folder can be made in: a path under /proc, or below a file, is refused in one line here rather than
+# with a traceback at the first save.
+def check_new_folder(out: str | Path, hint: str) -> Path:
+    """`out`, resolved, if it is new or empty and can be written; `hint` follows the refusal of a non-empty one."""
+    path = Path(out).resolve()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(f"output folder {path} is not empty; {hint}")
+    check_writable(path)
+    return path
+
+
+def check_writable(path: Path) -> None:
+    """A folder can be made at `path`: one is made and removed in its nearest existing ancestor."""
+    ancestor = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        tempfile.TemporaryDirectory(dir=ancestor).cleanup()
+    except OSError as e:
+        raise ConfigError(f"cannot write the output folder {path}: {e.strerror or e}") from None
 
 
 def save_run(out: Path, settings: dict) -> None:

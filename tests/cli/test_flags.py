@@ -12,6 +12,7 @@ from nanoseek.cli.serve import SAMPLING, SAMPLING_SKIP
 from nanoseek.cli.train import TRAIN_SKIP, stage_defaults
 from nanoseek.errors import ConfigError
 from nanoseek.infer import EngineConfig, SamplingParams
+from nanoseek.serve import ServeConfig
 from nanoseek.train.evaluate import EvalConfig
 from nanoseek.train.rejection import RejectionConfig
 
@@ -53,7 +54,7 @@ def test_stage_flags_take_and_show_the_dataclass_defaults(stage):
 @pytest.mark.parametrize("command,defaults", [
     ("eval", EvalConfig()), ("rejection-sample", RejectionConfig(checkpoint="", prompts="")),
     ("generate", SamplingParams(max_tokens=256, **SAMPLING)), ("chat", SamplingParams(max_tokens=2048, **SAMPLING)),
-    ("generate", EngineConfig()), ("chat", EngineConfig())])
+    ("generate", EngineConfig()), ("chat", EngineConfig()), ("serve", ServeConfig()), ("serve", EngineConfig())])
 def test_other_generated_flags_show_the_dataclass_defaults(command, defaults):
     parser = subparsers()[command]
     actions = {a.dest: a for a in parser._actions}

@@ -119,3 +119,16 @@ def test_a_shared_1024_token_prefix_is_not_computed_again():
     computed.clear()
     _, cached = run(engine, second, params)
     assert cached == 1024 and cold == 1032 and sum(computed) == 8
+
+
+def test_a_corrupt_file_on_disk_is_a_miss_deleted_and_counted(model, tmp_path):
+    a = prompts([45], seed=5)[0]
+    first = Engine(model, EngineConfig(cache_mb=2, block_size=8, prefix_cache_dir=str(tmp_path)))
+    out, _ = run(first, a)
+    hasher = first.prefix.hasher()
+    third = tmp_path / f"{[first.prefix.key(hasher, a, i) for i in range(3)][2].hex()}.safetensors"
+    third.write_bytes(third.read_bytes()[:100])           # truncated: the prompt's third block
+    second = Engine(model, EngineConfig(cache_mb=2, block_size=8, prefix_cache_dir=str(tmp_path)))
+    assert run(second, a) == (out, 16)                    # the two blocks before it still hit
+    assert second.prefix.corrupt_files == 1
+    assert len(list(tmp_path.glob("*.safetensors"))) == 6 and third.stat().st_size > 100   # written afresh

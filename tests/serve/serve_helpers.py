@@ -17,8 +17,8 @@ from nanoseek.train.default_tokenizer import default_tokenizer
 class LiveServer:
     """`create_app` under uvicorn in a thread, on a free loopback port."""
 
-    def __init__(self, checkpoint, config: ServeConfig, cache_mb: float = 32.0):
-        self.engine = Engine(checkpoint, EngineConfig(cache_mb=cache_mb))
+    def __init__(self, checkpoint, config: ServeConfig, cache_mb: float = 32.0, prefix_cache_dir=None):
+        self.engine = Engine(checkpoint, EngineConfig(cache_mb=cache_mb, prefix_cache_dir=prefix_cache_dir))
         self.config = config
         self.app = create_app(self.engine, config)
         self.server = build_server(self.app, config)

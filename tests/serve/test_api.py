@@ -242,7 +242,8 @@ def test_no_outbound_connection_and_no_prompt_in_logs(server, monkeypatch, caplo
 
 
 def test_malformed_json(server):
-    r = httpx.post(f"{server.url}/v1/completions", content=b"{not json", headers=server.auth)
+    r = httpx.post(f"{server.url}/v1/completions", content=b"{not json",
+                   headers={**server.auth, "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = httpx.post(f"{server.url}/v1/nothing", headers=server.auth)
     assert r.status_code == 404 and "error" in r.json()

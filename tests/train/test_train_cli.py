@@ -127,3 +127,20 @@ def test_sft_eval_and_plot_smoke(tmp_path, text_file, capsys):
     assert "2-shot" in capsys.readouterr().out
     main(["plot", str(run)])
     assert {"loss.png", "lr.png", "expert_load.png", "throughput.png"} <= {p.name for p in run.iterdir()}
+
+
+def test_out_spelled_with_dotdot_cannot_overwrite_a_run(tmp_path, capsys, text_file):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"precious")
+    dotdot = tmp_path / "runs" / "missing" / ".." / "r1"
+    fails(capsys, ["pretrain", "--data", text_file, "--out", dotdot, "--max-steps", "1", *FAST], "not empty", "r1")
+    fails(capsys, ["checkpoint", "export", run, "--out", dotdot], "not empty")
+    assert (run / "model.safetensors").read_bytes() == b"precious" and not (tmp_path / "runs" / "missing").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, text_file):
+    (tmp_path / "file").write_text("x")
+    for out in ("/proc/nanoseek-run", tmp_path / "file" / "run"):
+        fails(capsys, ["pretrain", "--data", text_file, "--out", out, "--max-steps", "1", *FAST], "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
