@@ -5,8 +5,10 @@ import argparse
 
 
 def info_args(p: argparse.ArgumentParser) -> None:
+    from nanoseek.config import PRESETS
+
     p.add_argument("model", nargs="?", default="tiny",
-                   help="a preset (tiny, small, deepseek-v2-lite, deepseek-v3) or a checkpoint directory (default: tiny)")
+                   help=f"a preset ({', '.join(PRESETS)}) or a checkpoint folder (default: tiny)")
 
 
 def info_run(args: argparse.Namespace) -> None:
@@ -43,7 +45,10 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="train or eval (disjoint by a hash of the prompt; default: train)")
     p.add_argument("--n", type=int, default=1000, help="number of problems (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--difficulty", type=int, default=None, help="level 1..5 (default: each task's own)")
+    from nanoseek.data.sources import DIFFICULTY
+
+    p.add_argument("--difficulty", type=int, default=DIFFICULTY,
+                   help=f"level 1..5 (default: {DIFFICULTY}, the level `nanoseek run` trains and evaluates at)")
     p.add_argument("--out", required=True, help="JSONL file to write, one problem per line")
 
 
@@ -52,8 +57,11 @@ def data_run(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from nanoseek.data.tasks import check_count, save_jsonl, stream, stream_mix
+    from nanoseek.data.tasks import TASKS, check_count, save_jsonl, stream, stream_mix
+    from nanoseek.errors import ConfigError
 
+    if args.task not in (*TASKS, "mix"):
+        raise ConfigError(f"unknown task {args.task!r}: expected one of {', '.join(TASKS)} or mix")
     problems = (stream_mix(args.seed, args.split, args.difficulty) if args.task == "mix"
                 else stream(args.task, args.seed, args.split, args.difficulty))
     n = check_count(args.n)

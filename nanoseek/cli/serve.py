@@ -94,8 +94,9 @@ def _engine_and_params(args: argparse.Namespace, max_tokens: int):
 
     set_threads(args.threads)
     params = from_flags(args, SamplingParams(max_tokens=max_tokens, **SAMPLING), skip=SAMPLING_SKIP)
+    model = load_checkpoint(args.checkpoint)  # a path that is no checkpoint says so before the tokenizer is looked for
     tokenizer = Tokenizer.from_dir(args.checkpoint)
-    engine = Engine(load_checkpoint(args.checkpoint), from_flags(args, EngineConfig(), skip=("compile",)), tokenizer)
+    engine = Engine(model, from_flags(args, EngineConfig(), skip=("compile",)), tokenizer)
     return engine, tokenizer, params
 
 

@@ -76,8 +76,10 @@ def run_stage(stage: Stage, config, train_config: TrainConfig, out: str | Path, 
 
 
 def from_dict(cls, d: dict):
-    """A frozen config dataclass from its JSON form (lists back to tuples)."""
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    """A frozen config dataclass from its JSON form (lists back to tuples; a field's old name, the class's OLD_NAMES,
+    read as its new one)."""
+    old = getattr(cls, "OLD_NAMES", {})
+    return cls(**{old.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def device_of(name: str | None) -> torch.device:
