@@ -8,6 +8,7 @@ import pytest
 
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.cli import main
+from nanoseek.data.prompts import load_prompt_format
 from nanoseek.infer import Engine, SamplingParams
 
 STAGES = ["pretrain", "r1-zero", "sft", "grpo", "rejection-sft", "grpo-final", "pretrain-student", "distill",
@@ -29,6 +30,9 @@ def check_report(out):
     assert "![r1-zero heldout](r1-zero/heldout.png)" in report and "![r1-zero length](r1-zero/length.png)" in report
     for name in ("r1-zero", "grpo", "grpo-final"):           # R1 Table 2: every RL stage at its start and its end
         assert f"| {name} | start |" in report and f"| {name} | end |" in report
+    for s in stages:  # each checkpoint carries the prompt it was evaluated with, which `nanoseek generate` uses
+        shown = {"chat": "chat template", "r1-zero": "R1-Zero template"}
+        assert shown.get(load_prompt_format(s["checkpoint"]), load_prompt_format(s["checkpoint"])) == s["eval_prompt"]
     zero = next(s for s in stages if s["name"] == "r1-zero")
     assert zero["eval_prompt"] == "R1-Zero template" and "heldout_pass@2" in zero["heldout_end"]
     return stages

@@ -137,6 +137,7 @@ def quantize_run(args: argparse.Namespace) -> None:
     from nanoseek.gptq import calibration_sequences, hessians
     from nanoseek.quant import check_format
     from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train.run_folder import PROMPT_FORMAT
 
     check_format(args.format, args.group_size)
     if args.calibrate < 0:
@@ -147,8 +148,8 @@ def quantize_run(args: argparse.Namespace) -> None:
     if calibrate and not (src / "tokenizer.json").is_file():
         raise ConfigError(f"--calibrate {calibrate} runs worked problems through the model and needs its "
                           f"tokenizer, but {src} has no tokenizer.json; pass --calibrate 0 to round to nearest")
-    extras = tuple(sorted(p for p in src.iterdir()
-                          if p.is_file() and (p.name.startswith("tokenizer") or p.name == "special_tokens_map.json")))
+    extras = tuple(sorted(p for p in src.iterdir() if p.is_file() and (
+        p.name.startswith("tokenizer") or p.name in ("special_tokens_map.json", PROMPT_FORMAT))))
     fitted = None
     if calibrate:
         fitted = hessians(model, calibration_sequences(Tokenizer.from_dir(src), calibrate), progress=True)

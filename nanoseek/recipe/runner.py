@@ -22,6 +22,7 @@ from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
 from nanoseek.config import ModelConfig
 from nanoseek.cost import flops_per_token, measure_matmul_peak
+from nanoseek.data.prompts import save_prompt_format
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import ConfigError
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
@@ -85,6 +86,7 @@ def stage_record(ctx: Context, stage: Stage) -> dict:
         print(f"== {stage.name}: {stage.about}", flush=True)
         trained = KINDS[type(stage.config)](ctx, stage, folder)
         write_atomic(folder / TRAINED, json.dumps(trained, indent=1) + "\n")
+    save_prompt_format(folder, stage.few_shot, stage.template)  # what `nanoseek generate` prompts it with
     print(f"== {stage.name}: evaluating on {ctx.recipe.eval_problems} held-out problems", flush=True)
     start = time.perf_counter()
     model = load_checkpoint(folder)

@@ -6,6 +6,7 @@
       checkpoints/step-N/     training checkpoints: state.py's files in one process, DCP's under torchrun
       model.safetensors ...   the final model, its config.json and tokenizer (nanoseek.checkpoint)
       report.md               the stage's figures
+      prompt.json             the prompt the model was trained for (data/prompts.py), which `generate` uses
       prompts.jsonl, traces.jsonl, counts.json   distillation's teacher samples
 
     RECIPE_OUT/               `nanoseek run`'s --out
@@ -33,6 +34,7 @@ from nanoseek.errors import CheckpointError, ConfigError
 RUN = "run.json"
 METRICS = "metrics.jsonl"
 REPORT = "report.md"
+PROMPT_FORMAT = "prompt.json"
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"step-(\d{6,})")
 STATE = "state.safetensors"          # a single-process checkpoint's optimizer moments and RNG states

@@ -20,6 +20,7 @@ from nanoseek import distributed
 from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
+from nanoseek.data.prompts import save_prompt_format
 from nanoseek.errors import CheckpointError, ConfigError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
@@ -44,6 +45,7 @@ class Plan:
     postfix: Callable[[dict], dict[str, str]] | None = None
     train: TrainConfig | None = None     # the stage's own TrainConfig when it changes the given one (GRPO's batch)
     report: dict[str, str] = field(default_factory=dict)
+    prompt: tuple[int, str] = (0, "chat")  # (few_shot, template): the prompt the model is trained for (prompt.json)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def run_stage(stage: Stage, config, train_config: TrainConfig, out: str | Path, 
                    desc=stage.name, postfix=plan.postfix, evaluate_ends=plan.evaluate_ends)
     if not result.interrupted:
         finish(model, plan.tokenizer, out, stage.title, result, plan.report)
+        if distributed.is_main():
+            save_prompt_format(out, *plan.prompt)
     return result
 
 
