@@ -93,7 +93,9 @@ def _training_done(result, stage: str, out: str) -> None:
         print(f"nanoseek: interrupted at step {result.step}; continue with: nanoseek {stage} --resume {out}",
               file=sys.stderr)
         sys.exit(130)
-    mfu = f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
+    from nanoseek.cost import utilisation
+
+    mfu = f", MFU {utilisation(result.mfu)}" if result.mfu is not None else ""
     print(f"{stage}: {result.step} steps, {result.tokens:,} tokens in {result.elapsed_s / 60:.1f} min "
           f"({result.tokens_per_s:,.0f} tokens/s{mfu}), final loss {result.loss:.4f}; model in {out}")
 

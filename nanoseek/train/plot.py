@@ -74,11 +74,11 @@ def plot_run(run: str | Path) -> list[Path]:
     save(fig, "lr.png")
 
     loads = [(r["step"], r["expert_tokens"]) for r in records if r.get("expert_tokens")]
-    if loads:
+    counts = np.array([c for _, c in loads], dtype=float)                   # (steps, layers, experts)
+    kept = [i for i in range(counts.shape[1]) if counts[:, i].sum() > 0] if loads else []  # an idle MTP module: none
+    if kept:
         steps = [s for s, _ in loads]
-        counts = np.array([c for _, c in loads], dtype=float)               # (steps, layers, experts)
         names = layer_names(counts.shape[1], run)
-        kept = [i for i in range(counts.shape[1]) if counts[:, i].sum() > 0]  # an untrained MTP module routes nothing
         shares = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
         ratios = np.array([r["expert_load"] for r in records if r.get("expert_tokens")])
         fig, axes = plt.subplots(len(kept) + 1, 1, figsize=(8, 1.6 * (len(kept) + 1) + 1), sharex=True,

@@ -113,9 +113,3 @@ def publish(tmp: Path, final: Path, keep_last: int) -> None:
 
 def is_distributed_checkpoint(path: Path) -> bool:
     return (Path(path) / DCP_METADATA).is_file()
-
-
-def elapsed_before(run: Path) -> float:
-    """Training seconds of the earlier sessions of a run, from its newest checkpoint (0 without one)."""
-    found = checkpoint_dirs(run)
-    return json.loads((found[-1] / TRAINER).read_text())["elapsed_s"] if found else 0.0

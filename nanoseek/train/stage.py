@@ -20,6 +20,7 @@ from nanoseek import distributed
 from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
+from nanoseek.cost import utilisation
 from nanoseek.data.prompts import save_prompt_format
 from nanoseek.errors import CheckpointError, ConfigError
 from nanoseek.model import Transformer
@@ -156,11 +157,11 @@ def finish(model: Transformer, tokenizer: Tokenizer, out: Path, title: str, resu
     rows = {
         "optimizer steps": f"{result.step}",
         "final loss": f"{result.loss:.4f}",
-        "tokens": f"{result.tokens:,}" + (f" trained, {result.generated_tokens:,} generated"
-                                          if result.generated_tokens else ""),
+        "tokens": (f"{result.tokens + result.generated_tokens:,} processed: {result.tokens:,} trained, "
+                   f"{result.generated_tokens:,} generated" if result.generated_tokens else f"{result.tokens:,}"),
         "training time": f"{result.elapsed_s / 60:.1f} min",
         "throughput": f"{result.tokens_per_s:,.0f} tokens/s",
-        "MFU": (f"{result.mfu:.1%} of the measured matmul peak ({result.peak_flops / 1e9:.1f} GFLOP/s)"
+        "MFU": (f"{utilisation(result.mfu)} of the measured matmul peak ({result.peak_flops / 1e9:.1f} GFLOP/s)"
                 if result.mfu is not None else "not measured on this device"),
         **extra,
     }
