@@ -65,6 +65,10 @@ def check_stage_reports_agree(out, stages, report):
 def test_smoke_run_end_to_end_and_again(tmp_path, capsys):
     out = tmp_path / "r1"
     main(["run", "--smoke", "--out", str(out)])
+    printed = capsys.readouterr().out
+    for k, name in enumerate(STAGES, 1):    # where the run is, and from the second stage on, how long it has left
+        assert f"== stage {k}/{len(STAGES)}: {name}" + ("; an estimate" if k == 1 else "; ") in printed
+    assert printed.count("min in all (at the rates measured so far") == len(STAGES) - 1
     stages = check_report(out)
     for s in stages:
         engine = Engine(s["checkpoint"])

@@ -26,6 +26,7 @@ from nanoseek.data.prompts import save_prompt_format
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import ConfigError
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
+from nanoseek.recipe.estimate import progress_line
 from nanoseek.recipe.report import write_report
 from nanoseek.recipe.stages import REJECTION_SEED, Quantize, Recipe, RejectionSFT, Stage, recipe
 from nanoseek.tokenizer import Tokenizer
@@ -69,7 +70,8 @@ def run(out: str | Path, size: str = "default") -> list[dict]:
     device = device_of(None)  # where every stage trains
     ctx = Context(out, plan, matmul_peak(device),
                   torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU")
-    for stage in plan.stages:
+    for k, stage in enumerate(plan.stages, 1):
+        print(progress_line(plan, ctx.records, k), flush=True)
         ctx.records[stage.name] = stage_record(ctx, stage)
         write_report(ctx.out, ctx.recipe, ctx.records, ctx.peak, ctx.device)
     return [ctx.records[s.name] for s in plan.stages]
