@@ -96,5 +96,6 @@ def progress_line(plan: Recipe, records: dict[str, dict], k: int) -> str:
     line += (f"; {len(records)} done in {spent / 60:.1f} min, about {left / 60:.0f} min to go, "
              f"{(spent + left) / 60:.0f} min in all (at the rates measured so far")
     if unmeasured:
-        line += f"; {' and '.join(unmeasured)} estimated at the finished stages' rate until one has run"
+        kinds = " and ".join([", ".join(unmeasured[:-1]), unmeasured[-1]] if len(unmeasured) > 1 else unmeasured)
+        line += f"; {kinds} estimated at the finished stages' rate until one has run"
     return line + ")"
