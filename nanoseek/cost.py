@@ -77,6 +77,13 @@ def measure_matmul_peak(dtype=None, device=None, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
+def utilisation(mfu: float) -> str:
+    """An MFU as reports show it. The peak is the best of a few matmuls measured once; on a machine busy with other
+    work it comes out low, and a run that later has the machine to itself can exceed it. That is no utilisation
+    above 100%, and is said as it is."""
+    return f"{mfu:.1%}" if mfu <= 1 else "above the measured peak (busy machine)"
+
+
 def parse_amount(text: str) -> float:
     """'14.8T', '2.788M', '5e9', '1,000' -> a float; K, M, B/G and T suffixes."""
     from nanoseek.errors import ConfigError

@@ -2,6 +2,7 @@
 checkpoint serves and exports, and that a second run redoes nothing; the quick recipe as a slow test."""
 import dataclasses
 import json
+import re
 import time
 
 import pytest
@@ -9,12 +10,14 @@ import pytest
 from nanoseek.recipe import runner
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.cli import main
+from nanoseek.data.prompts import load_prompt_format
 from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, SamplingParams
 
 STAGES = ["pretrain", "r1-zero", "sft", "grpo", "rejection-sft", "grpo-final", "pretrain-student", "distill",
           "quantize-int8", "quantize-int4"]
 STUDENTS = ("pretrain-student", "distill")
+TRAINED_ALONE = ("pretrain", "r1-zero", "sft", "grpo", "grpo-final", "pretrain-student")  # no sampling before
 FIELDS = {"name", "accuracy", "format_rate", "mean_length", "seconds", "tokens", "flops", "mfu", "device_hours",
           "checkpoint"}
 
@@ -31,14 +34,43 @@ def check_report(out):
     assert "![r1-zero heldout](r1-zero/heldout.png)" in report and "![r1-zero length](r1-zero/length.png)" in report
     for name in ("r1-zero", "grpo", "grpo-final"):           # R1 Table 2: every RL stage at its start and its end
         assert f"| {name} | start |" in report and f"| {name} | end |" in report
+    for s in stages:  # each checkpoint carries the prompt it was evaluated with, which `nanoseek generate` uses
+        shown = {"chat": "chat template", "r1-zero": "R1-Zero template"}
+        assert shown.get(load_prompt_format(s["checkpoint"]), load_prompt_format(s["checkpoint"])) == s["eval_prompt"]
+    for s in stages:  # every plot a stage drew is in the report
+        for plot in (out / s["name"]).glob("*.png"):
+            assert f"]({s['name']}/{plot.name})" in report, plot
+    check_stage_reports_agree(out, stages, report)
     zero = next(s for s in stages if s["name"] == "r1-zero")
     assert zero["eval_prompt"] == "R1-Zero template" and "heldout_pass@2" in zero["heldout_end"]
     return stages
 
 
+def check_stage_reports_agree(out, stages, report):
+    """A training stage's own report.md and the run's report.md give the same tokens, MFU and measured peak."""
+    rows = {}
+    for line in report.splitlines():  # the stages' table: each stage's first row
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line.split(" | "))
+    peak = re.search(r"measured once in the session that trained the stage \(([\d.]+) GFLOP/s\)", report)
+    assert peak, "the run's report gives one measured peak"
+    for s in stages:
+        if s["name"] not in TRAINED_ALONE:
+            continue
+        own = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1].rstrip(" |")
+               for line in (out / s["name"] / "report.md").read_text().splitlines() if line.startswith("| ")}
+        assert own["tokens"].split(" ")[0] == rows[s["name"]][6] == f"{s['tokens']:,}", s["name"]
+        assert own["MFU"].split(" of the")[0] == rows[s["name"]][8], s["name"]
+        assert f"({peak[1]} GFLOP/s)" in own["MFU"], s["name"]
+
+
 def test_smoke_run_end_to_end_and_again(tmp_path, capsys):
     out = tmp_path / "r1"
     main(["run", "--smoke", "--out", str(out)])
+    printed = capsys.readouterr().out
+    for k, name in enumerate(STAGES, 1):    # where the run is, and from the second stage on, how long it has left
+        assert f"== stage {k}/{len(STAGES)}: {name}" + ("; an estimate" if k == 1 else "; ") in printed
+    assert printed.count("min in all (at the rates measured so far") == len(STAGES) - 1
     stages = check_report(out)
     for s in stages:
         engine = Engine(s["checkpoint"])

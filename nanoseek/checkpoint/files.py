@@ -100,6 +100,23 @@ def _replace_dir(new: Path, path: Path) -> None:
     fsync_path(path.parent)
 
 
+def check_folder(path: str | Path) -> Path:
+    """`path` as a checkpoint folder (one with config.json), or an error that says what `path` is instead: missing,
+    a file, or a folder of checkpoints (a `nanoseek run` folder) whose subfolders are named."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint folder {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; expected a checkpoint folder (config.json and *.safetensors)")
+    if not (path / CONFIG).is_file():
+        inside = sorted(p.name for p in path.iterdir() if (p / CONFIG).is_file())
+        if inside:
+            raise CheckpointError(f"{path} is not a checkpoint but holds {len(inside)}; name one of its folders: "
+                                  f"{', '.join(str(path / name) for name in inside)}")
+        raise CheckpointError(f"{path} is not a checkpoint folder: no {CONFIG} in it")
+    return path
+
+
 def read_json(file: Path) -> dict:
     try:
         data = json.loads(file.read_text())

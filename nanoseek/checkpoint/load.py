@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from nanoseek.checkpoint.files import CONFIG, available_memory, open_weights, read_json
+from nanoseek.checkpoint.files import CONFIG, available_memory, check_folder, open_weights, read_json
 from nanoseek.checkpoint.fp8 import read_float_tensor
 from nanoseek.checkpoint.headers import check_config_against_headers
 from nanoseek.checkpoint.hf import hf_name, nanoseek_name
@@ -30,9 +30,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     (default: the memory available on `device`). A config that asks for MTP modules the weights lack loads without
     them, with a notice. An int8 / int4 checkpoint (`save_quantized`) loads with those layers as Int8Linear /
     Int4Linear, which run torch's CPU kernels (on the CPU only), and the routed experts' matrices as QuantizedStacks."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    path = check_folder(path)
     dtype = dtype or torch.float32
     raw_config = read_json(path / CONFIG)
     config = ModelConfig.from_dict(raw_config)

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import re
 import textwrap
 import tokenize
 import types
@@ -109,8 +110,15 @@ def add_flags(parser: argparse.ArgumentParser, defaults, skip: tuple[str, ...] =
         parser.add_argument(flag, **options)
 
 
-def from_flags(args: argparse.Namespace, defaults, skip: tuple[str, ...] = ()):
-    """`defaults` with the fields whose flags were given replaced by their values."""
+def from_flags(args: argparse.Namespace, defaults, skip: tuple[str, ...] = (), renamed: dict[str, str] | None = None):
+    """`defaults` with the fields whose flags were given replaced by their values. The dataclass's own check of a
+    value speaks of its field (`max_steps -3: ...`); the error names the flag the user typed instead."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(defaults)
              if f.name not in skip and getattr(args, f.name, None) is not None}
-    return dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    try:
+        return dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    except ConfigError as e:
+        message = str(e)
+        for name in given:
+            message = re.sub(rf"(?<![-\w]){name}\b", flag_name(name, renamed or {}), message)
+        raise ConfigError(message) from None

@@ -5,8 +5,10 @@ import argparse
 
 
 def info_args(p: argparse.ArgumentParser) -> None:
+    from nanoseek.config import PRESETS
+
     p.add_argument("model", nargs="?", default="tiny",
-                   help="a preset (tiny, small, deepseek-v2-lite, deepseek-v3) or a checkpoint directory (default: tiny)")
+                   help=f"a preset ({', '.join(PRESETS)}) or a checkpoint folder (default: tiny)")
 
 
 def info_run(args: argparse.Namespace) -> None:
@@ -43,7 +45,10 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="train or eval (disjoint by a hash of the prompt; default: train)")
     p.add_argument("--n", type=int, default=1000, help="number of problems (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--difficulty", type=int, default=None, help="level 1..5 (default: each task's own)")
+    from nanoseek.data.sources import DIFFICULTY
+
+    p.add_argument("--difficulty", type=int, default=DIFFICULTY,
+                   help=f"level 1..5 (default: {DIFFICULTY}, the level `nanoseek run` trains and evaluates at)")
     p.add_argument("--out", required=True, help="JSONL file to write, one problem per line")
 
 
@@ -52,8 +57,11 @@ def data_run(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from nanoseek.data.tasks import check_count, save_jsonl, stream, stream_mix
+    from nanoseek.data.tasks import TASKS, check_count, save_jsonl, stream, stream_mix
+    from nanoseek.errors import ConfigError
 
+    if args.task not in (*TASKS, "mix"):
+        raise ConfigError(f"unknown task {args.task!r}: expected one of {', '.join(TASKS)} or mix")
     problems = (stream_mix(args.seed, args.split, args.difficulty) if args.task == "mix"
                 else stream(args.task, args.seed, args.split, args.difficulty))
     n = check_count(args.n)
@@ -129,6 +137,7 @@ def quantize_run(args: argparse.Namespace) -> None:
     from nanoseek.gptq import calibration_sequences, hessians
     from nanoseek.quant import check_format
     from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train.run_folder import PROMPT_FORMAT
 
     check_format(args.format, args.group_size)
     if args.calibrate < 0:
@@ -139,8 +148,8 @@ def quantize_run(args: argparse.Namespace) -> None:
     if calibrate and not (src / "tokenizer.json").is_file():
         raise ConfigError(f"--calibrate {calibrate} runs worked problems through the model and needs its "
                           f"tokenizer, but {src} has no tokenizer.json; pass --calibrate 0 to round to nearest")
-    extras = tuple(sorted(p for p in src.iterdir()
-                          if p.is_file() and (p.name.startswith("tokenizer") or p.name == "special_tokens_map.json")))
+    extras = tuple(sorted(p for p in src.iterdir() if p.is_file() and (
+        p.name.startswith("tokenizer") or p.name in ("special_tokens_map.json", PROMPT_FORMAT))))
     fitted = None
     if calibrate:
         fitted = hessians(model, calibration_sequences(Tokenizer.from_dir(src), calibrate), progress=True)

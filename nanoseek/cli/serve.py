@@ -87,22 +87,29 @@ def _engine_and_params(args: argparse.Namespace, max_tokens: int):
 
     set_threads(args.threads)
     params = from_flags(args, SamplingParams(max_tokens=max_tokens, **SAMPLING), skip=SAMPLING_SKIP)
+    model = load_checkpoint(args.checkpoint)  # a path that is no checkpoint says so before the tokenizer is looked for
     tokenizer = Tokenizer.from_dir(args.checkpoint)
-    engine = Engine(load_checkpoint(args.checkpoint), from_flags(args, EngineConfig(), skip=("compile",)), tokenizer)
+    engine = Engine(model, from_flags(args, EngineConfig(), skip=("compile",)), tokenizer)
     return engine, tokenizer, params
 
 
 def generate_args(p: argparse.ArgumentParser) -> None:
     _sampling_args(max_tokens=256)(p)
-    p.add_argument("prompt", help="the text to continue (with --chat: the user's message)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as a user turn")
+    p.add_argument("prompt", help="a question, or with --prompt-format text the text to continue")
+    p.add_argument("--prompt-format", default=None, metavar="FORMAT",
+                   help="chat (the chat template, a user turn), r1-zero (R1's plain-text template), K-shot (K worked "
+                        "problems before the question, a base model's prompt) or text (continued as it is) "
+                        "(default: the one the checkpoint was trained for, its prompt.json; text without one)")
 
 
 def generate_run(args: argparse.Namespace) -> None:
     engine, tokenizer, params = _engine_and_params(args, max_tokens=256)
+    from nanoseek.data.prompts import load_prompt_format, text_prompt_ids
     from nanoseek.infer.terminal import generate
 
-    generate(engine, tokenizer, args.prompt, params, chat=args.chat)
+    prompt = args.prompt_format or load_prompt_format(args.checkpoint) or "text"
+    print(f"prompt: {prompt}", file=sys.stderr, flush=True)
+    generate(engine, tokenizer, text_prompt_ids(tokenizer, args.prompt, prompt), params)
 
 
 def chat_args(p: argparse.ArgumentParser) -> None:

@@ -76,7 +76,7 @@ def _stage_run(stage: str):
         set_threads(args.threads)
         if args.resume is not None and args.out not in (f"runs/{stage}", args.resume):
             raise ConfigError(f"--resume {args.resume} continues in that folder; --out {args.out} contradicts it")
-        config, train = from_flags(args, config), from_flags(args, train, skip=TRAIN_SKIP[stage])
+        config, train = from_flags(args, config), from_flags(args, train, skip=TRAIN_SKIP[stage], renamed=RENAMED)
         out = args.resume or args.out
         if args.resume and distributed.is_main():
             print(f"resuming {out} with the settings saved in {out}/run.json", flush=True)
@@ -93,7 +93,9 @@ def _training_done(result, stage: str, out: str) -> None:
         print(f"nanoseek: interrupted at step {result.step}; continue with: nanoseek {stage} --resume {out}",
               file=sys.stderr)
         sys.exit(130)
-    mfu = f", MFU {result.mfu:.1%}" if result.mfu is not None else ""
+    from nanoseek.cost import utilisation
+
+    mfu = f", MFU {utilisation(result.mfu)}" if result.mfu is not None else ""
     print(f"{stage}: {result.step} steps, {result.tokens:,} tokens in {result.elapsed_s / 60:.1f} min "
           f"({result.tokens_per_s:,.0f} tokens/s{mfu}), final loss {result.loss:.4f}; model in {out}")
 
@@ -166,8 +168,9 @@ def rejection_sample_run(args: argparse.Namespace) -> None:
 def run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/r1", help="output folder; run again to finish an interrupted run "
                                                     "(default: runs/r1)")
-    p.add_argument("--quick", action="store_true", help="small budgets: about 10 minutes on 2 CPU cores "
-                                                        "(default: 30-60 minutes)")
+    p.add_argument("--quick", action="store_true",
+                   help="small budgets, too small to learn the tasks: 6 minutes on 2 Xeon cores with AVX-512 and AMX "
+                        "(the default budgets: 35-48 minutes there, longer on other CPUs; see the README)")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # a few steps per stage, for CI
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 

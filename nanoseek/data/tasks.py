@@ -21,7 +21,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (arithmetic.TASK, expression.TASK, 
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}: expected one of {sorted(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}")
     return TASKS[name]
 
 

@@ -94,12 +94,12 @@ def stream_reply(engine: Engine, prompt: list[int], params: SamplingParams, prin
     return line + "]", interrupted[0]
 
 
-def generate(engine: Engine, tokenizer: Tokenizer, prompt: str, params: SamplingParams, chat: bool,
+def generate(engine: Engine, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
              out: TextIO | None = None) -> None:
+    """Stream the reply to prompt ids `prompt` (data/prompts.py: text_prompt_ids)."""
     out = out or sys.stdout
-    text = render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True) if chat else prompt
     printer = ReplyPrinter(out)
-    line, interrupted = stream_reply(engine, tokenizer.encode(text, add_bos=not chat), params, printer)
+    line, interrupted = stream_reply(engine, prompt, params, printer)
     printer.close()
     print(line, file=sys.stderr, flush=True)
     if interrupted:

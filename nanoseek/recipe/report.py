@@ -6,9 +6,16 @@ import json
 from pathlib import Path
 
 from nanoseek.atomic import write_atomic
+from nanoseek.cost import utilisation
 from nanoseek.recipe.stages import Recipe
 from nanoseek.train.rejection import rejected
 from nanoseek.train.run_folder import REPORT, REPORT_JSON
+
+
+def peaks(records: list[dict], peak: float) -> str:
+    """The measured peaks the records' MFUs are against: one, unless stages were trained in different sessions."""
+    found = sorted({r.get("peak_flops", peak) for r in records} or {peak})
+    return " / ".join(f"{p / 1e9:.1f}" for p in found) + " GFLOP/s"
 
 
 def write_report(out: Path, recipe: Recipe, by_name: dict[str, dict], peak: float, device: str) -> None:
@@ -20,8 +27,8 @@ def write_report(out: Path, recipe: Recipe, by_name: dict[str, dict], peak: floa
     lines = ["# The R1 recipe, end to end", "",
              f"Held-out evaluation: the same {recipe.eval_problems} eval-split problems for every stage, greedy "
              f"decoding, at most {recipe.eval_max_new_tokens} new tokens. FLOPs: 6 N per trained token and 2 N "
-             f"per generated one (`nanoseek.cost`); MFU against {device}'s measured float32 matmul "
-             f"peak ({peak / 1e9:.1f} GFLOP/s); one device. Prompts: "
+             f"per generated one (`nanoseek.cost`); MFU against {device}'s float32 matmul peak measured "
+             f"once in the session that trained the stage ({peaks(records, peak)}); one device. Prompts: "
              + "; ".join(f"{r['name']} {r['eval_prompt']}" for r in records if r.get("eval_prompt") != "chat template")
              + "; the others the chat template.", "",
              "| stage | from | accuracy | format rate | mean length | wall time | tokens processed | FLOPs | MFU "
@@ -30,8 +37,10 @@ def write_report(out: Path, recipe: Recipe, by_name: dict[str, dict], peak: floa
     for r in records:
         lines.append(f"| {r['name']} | {r['init'] or '-'} | {r['accuracy']:.1%} | {r['format_rate']:.1%} "
                      f"| {r['mean_length']:.0f} | {r['seconds'] / 60:.1f} min | {r['tokens']:,} "
-                     f"| {r['flops']:.2e} | {r['mfu']:.1%} | {r['device_hours']:.3f} |")
-    lines += ["", f"Total wall time, evaluations included: {total / 60:.1f} min.", ""]
+                     f"| {r['flops']:.2e} | {utilisation(r['mfu'])} | {r['device_hours']:.3f} |")
+    lines += ["", f"Total wall time, evaluations included: {total / 60:.1f} min. Each stage's time, tokens, FLOPs and "
+              "MFU are its training loop's, as in its own report.md; those of rejection-sft and distill add the "
+              "sampling before their fine-tuning, which their report.md leaves out.", ""]
     for r in records:
         if "train_reward_first" in r and r["train_reward_first"] is not None:
             lines.append(f"- {r['name']}: training reward {r['train_reward_first']:.3f} → "
@@ -56,12 +65,21 @@ def write_report(out: Path, recipe: Recipe, by_name: dict[str, dict], peak: floa
     lines.append("")
     lines += rl_table(records)
     for r in records:
-        folder = Path(r["checkpoint"])
-        plots = [p for p in ("heldout.png", "length.png", "behaviour.png", "reward.png", "levels.png", "loss.png")
-                 if (folder / p).is_file()]
+        plots = stage_plots(Path(r["checkpoint"]))
         if plots:
             lines += [f"## {r['name']}", "", *(f"![{r['name']} {p[:-4]}]({r['name']}/{p})" for p in plots), ""]
     write_atomic(out / REPORT, "\n".join(lines))
+
+
+# the plots a stage's folder holds (train/plot.py), the RL stages' own first; any other PNG there after them
+PLOTS = ("heldout.png", "length.png", "behaviour.png", "reward.png", "levels.png", "policy.png", "loss.png",
+         "lr.png", "expert_load.png", "throughput.png")
+
+
+def stage_plots(folder: Path) -> list[str]:
+    """Every plot in a stage's folder, in the order the report shows them."""
+    found = {p.name for p in folder.glob("*.png")}
+    return [p for p in PLOTS if p in found] + sorted(found - set(PLOTS))
 
 
 def rl_table(records: list[dict]) -> list[str]:

@@ -21,10 +21,12 @@ import torch
 from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
 from nanoseek.config import ModelConfig
-from nanoseek.cost import flops_per_token, measure_matmul_peak
+from nanoseek.cost import flops_per_token
+from nanoseek.data.prompts import save_prompt_format
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import ConfigError
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
+from nanoseek.recipe.estimate import progress_line
 from nanoseek.recipe.report import write_report
 from nanoseek.recipe.stages import REJECTION_SEED, Quantize, Recipe, RejectionSFT, Stage, recipe
 from nanoseek.tokenizer import Tokenizer
@@ -32,14 +34,14 @@ from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.train.distill import DISTILL, DistillConfig, student_model, teacher_traces
 from nanoseek.train.evaluate import EvalConfig, evaluate
 from nanoseek.train.grpo import GRPOConfig
+from nanoseek.train.loop import matmul_peak
 from nanoseek.train.metrics import read_metrics
 from nanoseek.train.plot import plot_run
 from nanoseek.train.pretrain import PRETRAIN, PretrainConfig
 from nanoseek.train.rejection import rejection_sample
 from nanoseek.train.rl import GRPO
 from nanoseek.train.run_folder import (CHECKPOINTS, COUNTS, DISTILL_TRACES, METRICS, PROMPTS, RECIPE, REJECTION, RUN,
-                                       SAMPLES, STAGE, TRAIN_ROWS, TRACES, TRAINED, check_writable, checkpoint_dirs,
-                                       elapsed_before)
+                                       SAMPLES, STAGE, TRAIN_ROWS, TRACES, TRAINED, check_writable, checkpoint_dirs)
 from nanoseek.train.sft import SFT, SFTConfig
 from nanoseek.train.stage import device_of, run_stage
 
@@ -67,9 +69,10 @@ def run(out: str | Path, size: str = "default") -> list[dict]:
                           f"setting or choose another --out")
     write_atomic(saved, json.dumps({"size": size}) + "\n")
     device = device_of(None)  # where every stage trains
-    ctx = Context(out, plan, measure_matmul_peak(device=device),
+    ctx = Context(out, plan, matmul_peak(device),
                   torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU")
-    for stage in plan.stages:
+    for k, stage in enumerate(plan.stages, 1):
+        print(progress_line(plan, ctx.records, k), flush=True)
         ctx.records[stage.name] = stage_record(ctx, stage)
         write_report(ctx.out, ctx.recipe, ctx.records, ctx.peak, ctx.device)
     return [ctx.records[s.name] for s in plan.stages]
@@ -87,6 +90,7 @@ def stage_record(ctx: Context, stage: Stage) -> dict:
         print(f"== {stage.name}: {stage.about}", flush=True)
         trained = KINDS[type(stage.config)](ctx, stage, folder)
         write_atomic(folder / TRAINED, json.dumps(trained, indent=1) + "\n")
+    save_prompt_format(folder, stage.few_shot, stage.template)  # what `nanoseek generate` prompts it with
     print(f"== {stage.name}: evaluating on {ctx.recipe.eval_problems} held-out problems", flush=True)
     start = time.perf_counter()
     model = load_checkpoint(folder)
@@ -102,7 +106,8 @@ def stage_record(ctx: Context, stage: Stage) -> dict:
               "accuracy_by_task": figures["accuracy_by_task"], "eval_prompt": figures["prompt"],
               "seconds": trained["seconds"], "eval_seconds": time.perf_counter() - start,
               "tokens": trained["tokens"], "generated_tokens": trained.get("generated_tokens", 0), "flops": flops,
-              "mfu": flops / trained["seconds"] / ctx.peak, "device_hours": trained["seconds"] / 3600,
+              "mfu": flops / trained["seconds"] / ctx.peak, "peak_flops": ctx.peak,
+              "device_hours": trained["seconds"] / 3600,
               "checkpoint": str(folder), **{k: v for k, v in trained.items() if k not in RECORD_KEYS}}
     write_atomic(folder / STAGE, json.dumps(record, indent=1) + "\n")
     print(f"== {stage.name}: accuracy {record['accuracy']:.1%}, format rate {record['format_rate']:.1%}, "
@@ -115,17 +120,15 @@ RECORD_KEYS = ("seconds", "tokens", "generated_tokens", "flops")
 
 def _train(stage: Stage, folder: Path, config) -> dict:
     """Train `config`'s stage into `folder`, resuming it when an earlier session left a checkpoint there; the loop's
-    own counts (its FLOPs include GRPO's generation) make the record."""
+    own counts (its FLOPs include GRPO's generation, its time every session's) make the record, as they make the
+    stage's report.md."""
     resume = (folder / RUN).is_file() and bool(checkpoint_dirs(folder))
-    earlier = elapsed_before(folder) if resume else 0.0
     if folder.exists() and not resume:
         shutil.rmtree(folder)  # an attempt that died before its first checkpoint: start it again
-    start = time.perf_counter()
     result = run_stage(TRAINING[type(config)], config, stage.train, folder, resume=resume)
     if result.interrupted:
         raise KeyboardInterrupt
-    seconds = time.perf_counter() - start + earlier
-    return {"seconds": seconds, "tokens": result.tokens + result.generated_tokens, "flops": result.flops,
+    return {"seconds": result.elapsed_s, "tokens": result.tokens + result.generated_tokens, "flops": result.flops,
             "steps": result.step, "generated_tokens": result.generated_tokens}
 
 

@@ -145,7 +145,7 @@ def recipe(size: str = "default") -> Recipe:
               budget(PRETRAIN_TRAIN, steps["pretrain"]), few_shot=1,
               about="the dense student's own base: next-token pretraining on the same text and worked problems"),
         Stage("distill", "grpo-final",
-              DistillConfig(student="pretrain-student", prompts=student["questions"], max_new_tokens=new_tokens,
+              DistillConfig(student="pretrain-student", questions=student["questions"], max_new_tokens=new_tokens,
                             seq_len=long_len),
               budget(DISTILL_TRAIN, student["steps"]),
               about=f"pretrain-student fine-tuned on grpo-final's verified answers to {student['questions']} "

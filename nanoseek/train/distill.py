@@ -1,6 +1,6 @@
 """Distillation into a small dense student (DeepSeek-R1, arXiv 2501.12948, §2.4).
 
-The teacher (the final R1 checkpoint) answers `prompts` train-split questions k times each with the inference
+The teacher (the final R1 checkpoint) answers `questions` train-split questions k times each with the inference
 engine; rejection sampling (rejection.py, R1 §2.3.3) keeps the verified-correct, well-formed completions, each
 distinct one once. The student, a checkpoint or fresh from a preset (with the teacher's vocabulary, since it reads
 the teacher's tokenizer), is fine-tuned on them with SFT's batching and loss mask (sft.py) through the one training
@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ class DistillConfig:
     student: str = "tiny-student"        # a preset (fresh weights) or a checkpoint directory
     traces: str | None = None            # JSONL of verified teacher completions already sampled; None: sample here
     k: int = 4                           # completions the teacher samples per question
-    prompts: int = 4096                  # train-split questions the teacher answers
+    questions: int = 4096                # train-split questions the teacher answers
     temperature: float = 0.6             # the teacher's sampling temperature (what R1 is evaluated at)
     max_new_tokens: int = 192            # longest teacher completion (the worked traces take up to ~120 tokens)
     logit_kd: bool = False               # add the KL to the teacher's distribution
@@ -60,9 +61,10 @@ class DistillConfig:
     difficulty: int | None = DIFFICULTY  # of the questions
     val_conversations: int = 32          # held-out problems for the validation loss
     device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
+    OLD_NAMES: ClassVar[dict[str, str]] = {"prompts": "questions"}  # fields renamed since, in older run.json files
 
     def __post_init__(self):
-        for name in ("k", "prompts", "max_new_tokens"):
+        for name in ("k", "questions", "max_new_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
         for name, ok, expected in (("temperature", self.temperature > 0, "> 0"),
@@ -112,7 +114,7 @@ def teacher_traces(config: DistillConfig, folder: str | Path, seed: int) -> dict
         return json.loads((folder / COUNTS).read_text())
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    save_jsonl(generate_mix(config.prompts, PROMPT_SEED + seed, "train", config.difficulty), folder / PROMPTS)
+    save_jsonl(generate_mix(config.questions, PROMPT_SEED + seed, "train", config.difficulty), folder / PROMPTS)
     counts = rejection_sample(RejectionConfig(checkpoint=config.teacher, prompts=str(folder / PROMPTS), k=config.k,
                                               temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                                               seed=seed, device=config.device), folder / TRACES)

@@ -191,7 +191,7 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
             truncate_metrics(out / METRICS, step)
     elif (out / METRICS).exists() and distributed.is_main():
         (out / METRICS).unlink()
-    peak = _matmul_peak(device, config.bf16)
+    peak = matmul_peak(device, config.bf16)
     if peak is not None:  # under torchrun the FLOPs are every rank's: so is the peak
         peak *= distributed.world()
     has_mtp = len(model.mtp) > 0 and config.mtp_weight > 0  # FLOPs of the MTP module when the loss trains it
@@ -321,10 +321,17 @@ def train(model: Transformer, batches: BatchSource, loss_fn: LossFn, config: Tra
                        interrupted=interrupted, checkpoint=checkpoint)
 
 
+def matmul_peak(device: torch.device, bf16: bool = False) -> float | None:
+    """The measured matmul FLOP/s that MFU is relative to: the CPU's or the GPU's, probed once per process (so that
+    every stage `nanoseek run` trains, and its report, share one measurement); None on devices the probe does not
+    know."""
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device, measured once
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _measured_peak(device, bf16)
+
+
 @functools.cache
-def _matmul_peak(device: torch.device, bf16: bool) -> float | None:
-    """The measured matmul FLOP/s that MFU is relative to: the CPU's or the GPU's, probed once per process; None on
-    devices the probe does not know."""
+def _measured_peak(device: torch.device, bf16: bool) -> float | None:
     if device.type not in ("cpu", "cuda"):
         return None
     return measure_matmul_peak(torch.bfloat16 if bf16 else None, device)

@@ -115,7 +115,7 @@ def plan(config: PretrainConfig, train_config: TrainConfig, out: Path) -> Plan:
                             styles=config.trace_styles)
     return Plan(model, tokenizer, PretrainBatches(text, tokenizer, config, train_config.batch_size, train_config.seed),
                 lm_loss(train_config.mtp_weight, train_config.balance_weight),
-                evaluate=partial(validation_loss, tokens=val) if val is not None else None, report={
+                evaluate=partial(validation_loss, tokens=val) if val is not None else None, prompt=(1, "chat"), report={
         "model": f"{config.preset or config.init}, {sum(p.numel() for p in model.parameters()):,} parameters",
         "data": ", ".join(config.data) or "standard-library docstrings",
         "synthetic share": f"{config.synthetic_fraction:.0%} of the text, by characters "

@@ -101,7 +101,8 @@ def plan(config: GRPOConfig, train_config: TrainConfig, out: Path) -> Plan:
     train_config = dataclasses.replace(train_config, batch_size=config.prompts_per_step * config.group_size,
                                        expert_parallel=False)
     return Plan(model, tokenizer, rollouts, grpo_loss_fn(config), evaluate=greedy, evaluate_ends=ends,
-                postfix=Progress(), train=train_config, report=report)
+                postfix=Progress(), train=train_config, report=report,
+                prompt=(config.few_shot, config.template))
 
 
 GRPO = Stage("grpo", "GRPO", GRPOConfig, plan)

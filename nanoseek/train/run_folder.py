@@ -6,6 +6,7 @@
       checkpoints/step-N/     training checkpoints: state.py's files in one process, DCP's under torchrun
       model.safetensors ...   the final model, its config.json and tokenizer (nanoseek.checkpoint)
       report.md               the stage's figures
+      prompt.json             the prompt the model was trained for (data/prompts.py), which `generate` uses
       prompts.jsonl, traces.jsonl, counts.json   distillation's teacher samples
 
     RECIPE_OUT/               `nanoseek run`'s --out
@@ -34,6 +35,7 @@ from nanoseek.errors import CheckpointError, ConfigError
 RUN = "run.json"
 METRICS = "metrics.jsonl"
 REPORT = "report.md"
+PROMPT_FORMAT = "prompt.json"
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"step-(\d{6,})")
 STATE = "state.safetensors"          # a single-process checkpoint's optimizer moments and RNG states
@@ -133,9 +135,3 @@ def publish(tmp: Path, final: Path, keep_last: int) -> None:
 
 def is_distributed_checkpoint(path: Path) -> bool:
     return (Path(path) / DCP_METADATA).is_file()
-
-
-def elapsed_before(run: Path) -> float:
-    """Training seconds of the earlier sessions of a run, from its newest checkpoint (0 without one)."""
-    found = checkpoint_dirs(run)
-    return json.loads((found[-1] / TRAINER).read_text())["elapsed_s"] if found else 0.0

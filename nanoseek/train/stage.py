@@ -20,6 +20,8 @@ from nanoseek import distributed
 from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint
 from nanoseek.config import ModelConfig
+from nanoseek.cost import utilisation
+from nanoseek.data.prompts import save_prompt_format
 from nanoseek.errors import CheckpointError, ConfigError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
@@ -44,6 +46,7 @@ class Plan:
     postfix: Callable[[dict], dict[str, str]] | None = None
     train: TrainConfig | None = None     # the stage's own TrainConfig when it changes the given one (GRPO's batch)
     report: dict[str, str] = field(default_factory=dict)
+    prompt: tuple[int, str] = (0, "chat")  # (few_shot, template): the prompt the model is trained for (prompt.json)
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,16 @@ def run_stage(stage: Stage, config, train_config: TrainConfig, out: str | Path, 
                    desc=stage.name, postfix=plan.postfix, evaluate_ends=plan.evaluate_ends)
     if not result.interrupted:
         finish(model, plan.tokenizer, out, stage.title, result, plan.report)
+        if distributed.is_main():
+            save_prompt_format(out, *plan.prompt)
     return result
 
 
 def from_dict(cls, d: dict):
-    """A frozen config dataclass from its JSON form (lists back to tuples)."""
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    """A frozen config dataclass from its JSON form (lists back to tuples; a field's old name, the class's OLD_NAMES,
+    read as its new one)."""
+    old = getattr(cls, "OLD_NAMES", {})
+    return cls(**{old.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def device_of(name: str | None) -> torch.device:
@@ -150,11 +157,11 @@ def finish(model: Transformer, tokenizer: Tokenizer, out: Path, title: str, resu
     rows = {
         "optimizer steps": f"{result.step}",
         "final loss": f"{result.loss:.4f}",
-        "tokens": f"{result.tokens:,}" + (f" trained, {result.generated_tokens:,} generated"
-                                          if result.generated_tokens else ""),
+        "tokens": (f"{result.tokens + result.generated_tokens:,} processed: {result.tokens:,} trained, "
+                   f"{result.generated_tokens:,} generated" if result.generated_tokens else f"{result.tokens:,}"),
         "training time": f"{result.elapsed_s / 60:.1f} min",
         "throughput": f"{result.tokens_per_s:,.0f} tokens/s",
-        "MFU": (f"{result.mfu:.1%} of the measured matmul peak ({result.peak_flops / 1e9:.1f} GFLOP/s)"
+        "MFU": (f"{utilisation(result.mfu)} of the measured matmul peak ({result.peak_flops / 1e9:.1f} GFLOP/s)"
                 if result.mfu is not None else "not measured on this device"),
         **extra,
     }

@@ -1,11 +1,16 @@
 """`nanoseek generate` and `nanoseek chat` (infer/terminal.py) on a tiny checkpoint."""
 import io
+import shutil
 
 import pytest
 from infer_models import TINY, greedy_reference, make_model
 
 from nanoseek import save_checkpoint
 from nanoseek.cli import main
+from nanoseek.data.prompts import prompt_name, question_ids, save_prompt_format, text_prompt_ids
+from nanoseek.data.sources import DIFFICULTY, EVAL_SEED
+from nanoseek.data.tasks import generate_mix
+from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.infer.terminal import ReplyPrinter, chat
 from nanoseek.tokenizer import render_chat
@@ -38,6 +43,29 @@ def test_generate_streams_the_greedy_continuation(checkpoint, tokenizer, capsys)
     expected = greedy_reference(model, tokenizer.encode("hello world", add_bos=True), 12)
     assert out.out == tokenizer.decode(expected).lstrip("\n") + "\n"
     assert "12 tokens" in out.err and "prompt cache hit 0/" in out.err
+
+
+def test_generate_prompt_formats_by_name(tokenizer):
+    assert text_prompt_ids(tokenizer, "What is 2 + 3?", "r1-zero") == question_ids(tokenizer, "What is 2 + 3?", [],
+                                                                                   "r1-zero")
+    assert text_prompt_ids(tokenizer, "hi", "text") == tokenizer.encode("hi", add_bos=True)
+    with pytest.raises(ConfigError, match="prompt format 'x-shot'"):
+        text_prompt_ids(tokenizer, "hi", "x-shot")
+
+
+@pytest.mark.parametrize("few_shot, template", [(0, "chat"), (1, "chat")])
+def test_generate_prompts_as_the_checkpoint_was_trained(checkpoint, tokenizer, capsys, tmp_path, few_shot, template):
+    path, model = checkpoint
+    folder = tmp_path / "ckpt"
+    shutil.copytree(path, folder)
+    save_prompt_format(folder, few_shot, template)
+    main(["generate", str(folder), "What is 2 + 3?", "--max-tokens", "6", "--temperature", "0", "--ignore-eos",
+          "--threads", "1"])
+    out = capsys.readouterr()
+    shots = generate_mix(few_shot, EVAL_SEED, "train", DIFFICULTY) if few_shot else []
+    expected = greedy_reference(model, question_ids(tokenizer, "What is 2 + 3?", shots, template), 6)
+    assert out.out == tokenizer.decode(expected).lstrip("\n") + "\n"
+    assert f"prompt: {prompt_name(few_shot, template)}" in out.err
 
 
 def test_generate_reports_bad_input_without_a_traceback(checkpoint, capsys):

@@ -67,7 +67,7 @@ class ScriptedEngine:
 
 def test_only_verified_well_formed_distinct_completions_are_kept(teacher, tmp_path, monkeypatch):
     monkeypatch.setattr(rejection, "Engine", ScriptedEngine)
-    counts = teacher_traces(DistillConfig(teacher=str(teacher), prompts=2, k=7), tmp_path, seed=0)
+    counts = teacher_traces(DistillConfig(teacher=str(teacher), questions=2, k=7), tmp_path, seed=0)
     rows = [json.loads(line) for line in (tmp_path / TRACES).read_text().splitlines()]
     expected = [(p.prompt, reasoning, p.answer) for p in PROBLEMS
                 for reasoning in (p.reasoning, f"The answer is {p.answer}.")]
@@ -111,7 +111,7 @@ def test_distill_loss_mixes_sft_and_kl_and_is_pure_sft_against_itself():
 
 
 def test_a_random_teacher_has_nothing_to_distil_and_leaves_no_folder(teacher, tmp_path):
-    config = DistillConfig(teacher=str(teacher), prompts=2, k=2, max_new_tokens=4)
+    config = DistillConfig(teacher=str(teacher), questions=2, k=2, max_new_tokens=4)
     with pytest.raises(DataError, match="kept none of its 4 completions"):
         distill(config, FAST, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -120,7 +120,7 @@ def test_a_random_teacher_has_nothing_to_distil_and_leaves_no_folder(teacher, tm
 def test_distilled_student_loads_and_exports_as_llama_with_the_same_greedy_output(teacher, tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
     monkeypatch.setattr(rejection, "Engine", ScriptedEngine)
-    config = DistillConfig(teacher=str(teacher), prompts=2, k=7, logit_kd=True, seq_len=96)
+    config = DistillConfig(teacher=str(teacher), questions=2, k=7, logit_kd=True, seq_len=96)
     result = distill(config, FAST, tmp_path / "student")
     assert result.step == 2
     student = load_checkpoint(tmp_path / "student")
@@ -142,7 +142,7 @@ def test_distilled_student_loads_and_exports_as_llama_with_the_same_greedy_outpu
 
 @pytest.mark.parametrize("flags, words", [(["--teacher", "{tmp}/missing"], "teacher checkpoint"),
                                           (["--student", "no-such-preset"], "neither a preset"),
-                                          (["--kd-alpha", "2"], "kd_alpha 2.0")])
+                                          (["--kd-alpha", "2"], "--kd-alpha 2.0")])
 def test_cli_refuses_bad_input_in_one_line_and_writes_nothing(teacher, tmp_path, capsys, flags, words):
     argv = ["distill", "--teacher", str(teacher), "--out", str(tmp_path / "out"),
             *(f.format(tmp=tmp_path) for f in flags)]

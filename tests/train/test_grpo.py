@@ -14,7 +14,7 @@ from nanoseek.train import rl as rl_module, rollouts as rollouts_module
 from nanoseek.train import rewards
 from nanoseek.data.sources import eval_problems
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.data.prompts import prompt_ids
+from nanoseek.data.prompts import load_prompt_format, prompt_ids
 from nanoseek.train.grpo import DEFAULT_TRAIN, GRPOConfig, grpo_loss_fn
 from nanoseek.train.rl import grpo
 from nanoseek.train.rollouts import Rollouts
@@ -196,9 +196,9 @@ def test_grpo_command(init, tmp_path, capsys):
     out = tmp_path / "run"
     fails(capsys, ["grpo", "--init", init, "--out", out, "--loss-agg", "mean"], "loss aggregation 'mean'")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--rewards", "accuracy=1,style=1"], "style")
-    fails(capsys, ["grpo", "--init", init, "--out", out, "--group-size", "1"], "group_size 1")
-    fails(capsys, ["grpo", "--init", init, "--out", out, "--clip-eps-high", "0.1"], "clip_eps_high 0.1")
-    fails(capsys, ["grpo", "--init", init, "--out", out, "--curriculum", "0.9,0.1"], "curriculum band (0.9, 0.1)")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--group-size", "1"], "--group-size 1")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--clip-eps-high", "0.1"], "--clip-eps-high 0.1")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--curriculum", "0.9,0.1"], "--curriculum band (0.9, 0.1)")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--curriculum", "high"], "--curriculum 'high'")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--template", "r1-zero", "--few-shot", "1"], "choose one")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--template", "plain"], "template 'plain'")
@@ -209,6 +209,7 @@ def test_grpo_command(init, tmp_path, capsys):
           "--clip-eps-high", "0.28", "--dynamic-sampling", "2", "--curriculum", "0.1,0.9", "--heldout", "4",
           "--pass-k", "2", "--eval-every", "1"])
     assert "grpo: 2 steps" in capsys.readouterr().out
+    assert load_prompt_format(out) == "chat"   # the prompt it trained with, for `nanoseek generate`
     settings = json.loads((out / "run.json").read_text())["grpo"]
     assert settings["group_size"] == 4 and settings["curriculum"] == [0.1, 0.9] and settings["clip_eps_high"] == 0.28
     records = read_metrics(out / "metrics.jsonl")

@@ -16,6 +16,7 @@ from train_helpers import small_model
 from nanoseek.checkpoint import save_checkpoint
 from nanoseek.cli import COMPILING, main
 from nanoseek.config import ModelConfig
+from nanoseek.data.prompts import load_prompt_format
 from nanoseek.model import Transformer
 from nanoseek.train.default_tokenizer import default_tokenizer
 
@@ -108,6 +109,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, text_file):
         assert torch.equal(a[name], b[name]), name
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))
+    assert load_prompt_format(killed) == "1-shot"   # a base model: worked problems before the question
 
 
 def test_sft_eval_and_plot_smoke(tmp_path, text_file, capsys):
@@ -119,6 +121,7 @@ def test_sft_eval_and_plot_smoke(tmp_path, text_file, capsys):
     run = tmp_path / "sft"
     assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "report.md", "run.json"} <= \
         {p.name for p in run.iterdir()}
+    assert load_prompt_format(run) == "chat"
     capsys.readouterr()
     main(["eval", str(run), "--n", "4", "--max-new-tokens", "4", "--samples", "2", "--json"])
     figures = json.loads(capsys.readouterr().out)
