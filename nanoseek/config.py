@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanoseek.checks import check_fields
 from nanoseek.errors import ConfigError
 
 
@@ -234,40 +235,23 @@ ABOVE = {**dict.fromkeys(POSITIVE, 0), "rope_theta": 1}   # RoPE's base: its log
 
 
 def validate(config: ModelConfig) -> None:
-    """Every field of the type its annotation names (an int is no bool, a float is finite) and in its range: a bad
-    config.json ("4" for 4, 4.5 layers, zero groups, a NaN epsilon) is one line naming the field, not a traceback
-    from deep inside the model. The other fields are counts and ids, >= 0."""
-    for f in dataclasses.fields(config):
-        value, (kind, *optional) = getattr(config, f.name), f.type.split(" | ")
-        if value is None and optional:
-            continue
-        if not _is(value, kind):
-            raise ConfigError(f"{f.name} must be {'a finite number' if kind == 'float' else f'of type {kind}'}"
-                              + (" or null" if optional else "") + f", got {value!r:.80}")
-        if kind in ("int", "float"):
-            bound = ABOVE.get(f.name)
-            if bound is not None and not value > bound:
-                raise ConfigError(f"{f.name} must be > {bound}, got {value}")
-            if bound is None and value < 0:
-                raise ConfigError(f"{f.name} must be >= 0, got {value}")
-
-
-def _is(value, kind: str) -> bool:
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, {"bool": bool, "str": str, "dict": dict}[kind])
+    """Every field of its annotated type and in range (nanoseek.checks): a bad config.json ("4" for 4, 4.5 layers,
+    zero groups, a NaN epsilon) is one line naming the field, not a traceback from deep inside the model. The fields
+    not in ABOVE are counts and ids, >= 0."""
+    check_fields(config, {name: f"> {bound}" for name, bound in ABOVE.items()}, default=">= 0")
 
 
 def _check_yarn(scaling: dict) -> None:
     """YaRN's factor and original context are required (rope.py); its other numbers, when given, are finite."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
     for key in ("factor", "original_max_position_embeddings"):
-        if not _is(scaling.get(key), "float") or scaling[key] <= 0:
-            raise ConfigError(f"rope_scaling.{key} must be a positive number, got {scaling.get(key)!r:.80}")
+        if not number(scaling.get(key)) or scaling[key] <= 0:
+            raise ConfigError(f"rope_scaling.{key} {scaling.get(key)!r:.80}: expected a positive number")
     for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
-        if scaling.get(key) is not None and not _is(scaling[key], "float"):
-            raise ConfigError(f"rope_scaling.{key} must be a finite number, got {scaling[key]!r:.80}")
+        if scaling.get(key) is not None and not number(scaling[key]):
+            raise ConfigError(f"rope_scaling.{key} {scaling[key]!r:.80}: expected a number")
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:

@@ -390,5 +390,5 @@ def test_a_config_json_of_the_wrong_types_is_one_error(tmp_path):
     save_checkpoint(make_model(), tmp_path / "ck")
     file = tmp_path / "ck" / "config.json"
     file.write_text(json.dumps({**json.loads(file.read_text()), "n_group": 0, "rms_norm_eps": float("nan")}))
-    with pytest.raises(NanoseekError, match="n_group must be > 0"):
+    with pytest.raises(NanoseekError, match="n_group 0: expected an int > 0"):
         load_checkpoint(tmp_path / "ck")

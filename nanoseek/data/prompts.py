@@ -13,8 +13,8 @@ from nanoseek.data.problem import Problem
 from nanoseek.data.sources import DIFFICULTY, EVAL_SEED
 from nanoseek.data.tasks import TASKS, generate as generate_problems, generate_mix
 from nanoseek.errors import ConfigError, DataError
-from nanoseek.train.run_folder import PROMPT_FORMAT
 from nanoseek.tokenizer import Tokenizer, chat_ids
+from nanoseek.train.run_folder import PROMPT_FORMAT
 
 # R1 §2.2.1, Table 1: DeepSeek-R1-Zero's template, with our answer format (the answer follows `</think>`, no tags)
 R1_ZERO_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves "

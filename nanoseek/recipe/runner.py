@@ -23,6 +23,7 @@ from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
 from nanoseek.config import ModelConfig
 from nanoseek.cost import flops_per_token
 from nanoseek.data.prompts import save_prompt_format
+from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import ConfigError
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
@@ -30,7 +31,6 @@ from nanoseek.recipe.estimate import progress_line
 from nanoseek.recipe.report import write_report
 from nanoseek.recipe.stages import REJECTION_SEED, Quantize, Recipe, RejectionSFT, Stage, recipe
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.train.distill import DISTILL, DistillConfig, student_model, teacher_traces
 from nanoseek.train.evaluate import EvalConfig, evaluate
 from nanoseek.train.grpo import GRPOConfig

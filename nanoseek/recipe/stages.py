@@ -23,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from nanoseek.data.sources import DIFFICULTY
 from nanoseek.errors import ConfigError
 from nanoseek.train.config import TrainConfig
-from nanoseek.data.sources import DIFFICULTY
 from nanoseek.train.distill import DEFAULT_TRAIN as DISTILL_TRAIN, DistillConfig
 from nanoseek.train.grpo import DEFAULT_TRAIN as GRPO_TRAIN, GRPOConfig
 from nanoseek.train.pretrain import DEFAULT_TRAIN as PRETRAIN_TRAIN, PretrainConfig

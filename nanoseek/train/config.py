@@ -2,9 +2,9 @@
 values where the report gives them (V3 §4.2)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from nanoseek.checks import check_fields
 from nanoseek.errors import ConfigError
 from nanoseek.train.schedule import warmup_cosine, warmup_stable_decay
 
@@ -40,23 +40,11 @@ class TrainConfig:
     seed: int = 0                      # of the initial weights, the data and the sampling
 
     def __post_init__(self):
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"learning rate {self.lr!r}: expected a positive number")
-        for name in ("max_steps", "batch_size", "save_every", "keep_last", "max_bad_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
-        for name in ("micro_batch_size", "warmup_steps", "eval_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 0")
+        check_fields(self, {**dict.fromkeys(("max_steps", "batch_size", "save_every", "keep_last", "max_bad_steps"),
+                                            ">= 1"), "lr": "> 0", "schedule": SCHEDULES}, default=">= 0")
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
                               f"{self.micro_batch_size}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
-        for name in ("decay_fraction", "min_lr_ratio", "mtp_weight", "bias_update_speed", "balance_weight",
-                     "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected a number >= 0")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based)."""

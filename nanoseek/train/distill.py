@@ -18,7 +18,6 @@ forward. The student's own main head is trained on this loss (no MTP or balance 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,11 +29,12 @@ import torch.nn.functional as F
 
 from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint
+from nanoseek.checks import check_fields
 from nanoseek.config import PRESETS, ModelConfig
+from nanoseek.data.sources import DIFFICULTY
 from nanoseek.data.tasks import generate_mix, save_jsonl
 from nanoseek.errors import CheckpointError, ConfigError, DataError
 from nanoseek.model import Transformer
-from nanoseek.data.sources import DIFFICULTY
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import LossFn, StepLoss, TrainResult, lm_loss
 from nanoseek.train.rejection import RejectionConfig, rejected, rejection_sample
@@ -64,15 +64,8 @@ class DistillConfig:
     OLD_NAMES: ClassVar[dict[str, str]] = {"prompts": "questions"}  # fields renamed since, in older run.json files
 
     def __post_init__(self):
-        for name in ("k", "questions", "max_new_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
-        for name, ok, expected in (("temperature", self.temperature > 0, "> 0"),
-                                   ("kd_temperature", self.kd_temperature > 0, "> 0"),
-                                   ("kd_alpha", 0 <= self.kd_alpha <= 1, "in [0, 1]")):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
-                raise ConfigError(f"{name} {value!r}: expected a number {expected}")
+        check_fields(self, {"kd_alpha": "in [0, 1]", "difficulty": "in [1, 5]", "seq_len": ">= 2",
+                            "val_conversations": ">= 1"}, default="> 0")
 
 
 # Several epochs over about two thousand traces (docs/recipe.md, "The budgets")

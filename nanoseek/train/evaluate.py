@@ -26,19 +26,20 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from nanoseek.checkpoint import load_checkpoint
+from nanoseek.checks import check_fields
+from nanoseek.data.conversations import read_rows
 from nanoseek.data.problem import Problem, parse_number
+from nanoseek.data.prompts import PROMPTS, check_template, few_shot_examples, prompt_ids
+from nanoseek.data.sources import DIFFICULTY, EVAL_PROBLEMS, eval_problems, heldout_sequences, text_source
 from nanoseek.data.styles import has_correction, has_self_check
 from nanoseek.data.tasks import TASKS, verify
-from nanoseek.checkpoint import load_checkpoint
 from nanoseek.errors import ConfigError, DataError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams, cache_mb
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.data.prompts import PROMPTS, check_template, few_shot_examples, prompt_ids
-from nanoseek.data.sources import DIFFICULTY, EVAL_PROBLEMS, eval_problems, heldout_sequences, text_source
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.stage import device_of
-from nanoseek.data.conversations import read_rows
 
 THINK_THEN_ANSWER = re.compile(r"\s*<think>(.*?)</think>(.*)", re.S)
 
@@ -60,17 +61,10 @@ class EvalConfig:
     device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
-        if not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"samples {self.samples!r}: expected an int >= 1")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ConfigError(f"temperature {self.temperature!r}: expected a number >= 0")
+        check_fields(self, {**dict.fromkeys(("n", "samples", "max_new_tokens", "batch_size"), ">= 1"),
+                            "seq_len": ">= 2", "difficulty": "in [1, 5]"}, default=">= 0")
         if self.samples > 1 and self.temperature == 0:
             raise ConfigError(f"{self.samples} samples at temperature 0 would all be the same; give a temperature > 0")
-        for name in ("n", "max_new_tokens", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
-        if not isinstance(self.few_shot, int) or self.few_shot < 0:
-            raise ConfigError(f"few_shot {self.few_shot!r}: expected an int >= 0")
         check_template(self.template, self.few_shot)
 
 

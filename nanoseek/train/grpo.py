@@ -14,18 +14,17 @@ dynamic sampling (groups whose rewards are all equal are replaced by new questio
 policy's competence (arXiv 2512.07783: RL lifts pass@k only there).
 """
 from __future__ import annotations
-from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from nanoseek.checks import check_fields
+from nanoseek.data.prompts import check_template
+from nanoseek.data.sources import DIFFICULTY
 from nanoseek.errors import ConfigError
 from nanoseek.model import Transformer
 from nanoseek.train.config import TrainConfig
-from nanoseek.data.sources import DIFFICULTY
-from nanoseek.data.prompts import check_template
 from nanoseek.train.loop import LossFn, StepLoss
 from nanoseek.train.rewards import RewardSet
 
@@ -135,29 +134,19 @@ class GRPOConfig:
     device: str | None = None             # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
-        for name, low in (("group_size", 2), ("prompts_per_step", 1), ("mu", 1), ("max_new_tokens", 1),
-                          ("few_shot", 0), ("dynamic_sampling", 0), ("curriculum_window", 1), ("heldout", 0),
-                          ("pass_k", 0)):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= {low}")
-        for name, ok, expected in (("beta", self.beta >= 0, ">= 0"), ("clip_eps", self.clip_eps > 0, "> 0"),
-                                   ("temperature", self.temperature > 0, "> 0")):
-            if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name)) and ok):
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected a number {expected}")
-        if self.loss_agg not in AGGREGATIONS:
-            raise ConfigError(f"loss aggregation {self.loss_agg!r}: expected one of {AGGREGATIONS}")
-        if self.adv_scale not in ADVANTAGE_SCALES:
-            raise ConfigError(f"advantage scale {self.adv_scale!r}: expected one of {ADVANTAGE_SCALES}")
-        high = self.clip_eps_high
-        if high is not None and not (isinstance(high, (int, float)) and math.isfinite(high) and high >= self.clip_eps):
-            raise ConfigError(f"clip_eps_high {high!r}: expected a number >= clip_eps ({self.clip_eps:g})")
+        check_fields(self, {"group_size": ">= 2", "clip_eps": "> 0", "temperature": "> 0", "difficulty": "in [1, 5]",
+                            "loss_agg": AGGREGATIONS, "adv_scale": ADVANTAGE_SCALES,
+                            **dict.fromkeys(("prompts_per_step", "mu", "max_new_tokens", "curriculum_window"), ">= 1")},
+                     default=">= 0")
+        if self.clip_eps_high is not None and self.clip_eps_high < self.clip_eps:
+            raise ConfigError(f"clip_eps_high {self.clip_eps_high!r}: expected a number >= clip_eps ({self.clip_eps:g})")
         if self.curriculum is not None:
-            band = tuple(self.curriculum)
-            if len(band) != 2 or not all(isinstance(v, (int, float)) for v in band) or not 0 <= band[0] < band[1] <= 1:
+            band = self.curriculum
+            if not 0 <= band[0] < band[1] <= 1:
                 raise ConfigError(f"curriculum band {self.curriculum!r}: expected (low, high), "
                                   f"0 <= low < high <= 1")
             lo, hi = self.curriculum_levels
-            if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 5):
+            if not 1 <= lo <= hi <= 5:
                 raise ConfigError(f"curriculum levels {self.curriculum_levels!r}: expected (lowest, highest) in 1..5")
             if self.prompts is not None:
                 raise ConfigError("the curriculum draws generated problems by level; it cannot use a prompts file "

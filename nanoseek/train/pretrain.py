@@ -15,12 +15,13 @@ from typing import Callable, Iterator
 
 import torch
 
+from nanoseek.checks import check_fields
 from nanoseek.data.mix import SYNTHETIC_FRACTION, Packer, mix_documents
+from nanoseek.data.sources import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
 from nanoseek.data.styles import DEFAULT_STYLES, parse_styles
 from nanoseek.errors import ConfigError, DataError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.data.sources import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import TrainResult, lm_loss
 from nanoseek.train.stage import Plan, Stage, device_of, initial_model, run_stage, stage_tokenizer
@@ -41,10 +42,8 @@ class PretrainConfig:
     device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
-        if not isinstance(self.seq_len, int) or self.seq_len < 2:
-            raise ConfigError(f"seq_len {self.seq_len!r}: expected an int >= 2")
-        if not isinstance(self.val_sequences, int) or self.val_sequences < 1:
-            raise ConfigError(f"val_sequences {self.val_sequences!r}: expected an int >= 1")
+        check_fields(self, {"seq_len": ">= 2", "val_sequences": ">= 1", "synthetic_fraction": "in [0, 1]",
+                            "difficulty": "in [1, 5]"})
         parse_styles(self.trace_styles)
 
 

@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from nanoseek.atomic import open_atomic
 from nanoseek.checkpoint import load_checkpoint
+from nanoseek.checks import check_fields
 from nanoseek.data.countdown import value
+from nanoseek.data.prompts import prompt_ids
 from nanoseek.data.styles import STEP, correction_line
-from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.default_tokenizer import default_tokenizer
-from nanoseek.data.prompts import prompt_ids
 from nanoseek.train.evaluate import EvalConfig, load_problems
 from nanoseek.train.rewards import accuracy_reward, language_reward, split_completion
 from nanoseek.train.stage import device_of
@@ -46,13 +46,8 @@ class RejectionConfig:
     edge: bool = False                 # keep only questions at the edge: greedy answer wrong, a sample right
     device: str | None = None          # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
-    def __post_init__(self):
-        for name in ("k", "max_new_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected an int >= 1")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ConfigError(f"temperature {self.temperature!r}: expected a number > 0 (k greedy samples would "
-                              "all be the same)")
+    def __post_init__(self):  # temperature > 0: k greedy samples would all be the same
+        check_fields(self, {"seed": ">= 0"}, default="> 0")
 
 
 # Why a completion is rejected, as the counts name it and as a report says it.

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 from nanoseek import distributed
+from nanoseek.data.prompts import PROMPTS
+from nanoseek.data.sources import eval_problems
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.config import TrainConfig
-from nanoseek.data.sources import eval_problems
-from nanoseek.data.prompts import PROMPTS
 from nanoseek.train.evaluate import EvalConfig, evaluate
 from nanoseek.train.grpo import GRPOConfig, grpo_loss_fn
 from nanoseek.train.loop import TrainResult

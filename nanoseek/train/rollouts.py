@@ -12,13 +12,13 @@ import torch
 from nanoseek import distributed
 from nanoseek.cost import flops_per_token
 from nanoseek.data.problem import Problem
+from nanoseek.data.prompts import few_shot_examples, prompt_ids
 from nanoseek.data.styles import has_correction, has_self_check
 from nanoseek.data.tasks import TASKS, stream, stream_mix
 from nanoseek.infer import Engine, EngineConfig, SamplingParams, cache_mb
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.curriculum import Curriculum
-from nanoseek.data.prompts import few_shot_examples, prompt_ids
 from nanoseek.train.evaluate import EvalConfig, load_problems
 from nanoseek.train.grpo import (GRPOConfig, completion_window, group_advantages, groups_with_signal, token_logprobs,
                                  zero_variance_groups)

@@ -22,13 +22,14 @@ from typing import Iterator, Sequence
 
 import torch
 
+from nanoseek.checks import check_fields
 from nanoseek.data.conversations import check_sft_files, encode, pad_batch, read_rows
 from nanoseek.data.problem import Problem
+from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.data.tasks import stream_mix
 from nanoseek.errors import ConfigError
 from nanoseek.model import Transformer
 from nanoseek.tokenizer import Tokenizer
-from nanoseek.data.sources import DIFFICULTY, eval_problems
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import TrainResult, lm_loss
 from nanoseek.train.stage import Plan, Stage, device_of, initial_model, run_stage, stage_tokenizer
@@ -46,8 +47,7 @@ class SFTConfig:
     device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
-        if not isinstance(self.seq_len, int) or self.seq_len < 2:
-            raise ConfigError(f"seq_len {self.seq_len!r}: expected an int >= 2")
+        check_fields(self, {"seq_len": ">= 2", "difficulty": "in [1, 5]", "val_conversations": ">= 1"})
 
 
 # The default budget: about 5 minutes on 2 CPU cores for the tiny preset; λ = 0: MTP is a pre-training objective

@@ -194,7 +194,7 @@ def fails(capsys, argv, *words):
 
 def test_grpo_command(init, tmp_path, capsys):
     out = tmp_path / "run"
-    fails(capsys, ["grpo", "--init", init, "--out", out, "--loss-agg", "mean"], "loss aggregation 'mean'")
+    fails(capsys, ["grpo", "--init", init, "--out", out, "--loss-agg", "mean"], "--loss-agg 'mean': expected one of sequence, token")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--rewards", "accuracy=1,style=1"], "style")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--group-size", "1"], "--group-size 1")
     fails(capsys, ["grpo", "--init", init, "--out", out, "--clip-eps-high", "0.1"], "--clip-eps-high 0.1")

@@ -35,7 +35,7 @@ def test_config_dispatches_on_schedule():
     assert wsd.lr_at(30) == 1e-3 and wsd.lr_at(49) == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize("changes, word", [({"lr": -1e-3}, "learning rate -0.001"), ({"lr": 0.0}, "learning rate 0.0"),
+@pytest.mark.parametrize("changes, word", [({"lr": -1e-3}, "lr -0.001: expected a number > 0"), ({"lr": 0.0}, "lr 0.0"),
                                            ({"schedule": "linear"}, "'linear'"), ({"batch_size": 6, "micro_batch_size": 4}, "multiple"),
                                            ({"max_steps": 0}, "max_steps 0")])
 def test_bad_values_name_themselves(changes, word):

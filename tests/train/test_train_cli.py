@@ -57,7 +57,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, text_file):
     empty.write_text("\n\n")
     fails(capsys, ["pretrain", "--data", tmp_path / "missing.txt", "--out", out], "missing.txt", "does not exist")
     fails(capsys, ["pretrain", "--data", empty, "--out", out], "empty.txt", "no documents")
-    fails(capsys, ["pretrain", "--data", text_file, "--lr", "-1", "--out", out], "learning rate -1.0")
+    fails(capsys, ["pretrain", "--data", text_file, "--lr", "-1", "--out", out], "--lr -1.0: expected a number > 0")
     fails(capsys, ["sft", "--data", tmp_path / "missing.jsonl", "--init", tmp_path, "--out", out], "missing.jsonl")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -84,7 +84,7 @@ def test_an_existing_run_is_not_overwritten(tmp_path, capsys, text_file):
 
 def test_a_subprocess_error_has_no_traceback(tmp_path):
     result = nanoseek("pretrain", "--lr", "-0.1", "--out", tmp_path / "out")
-    assert result.returncode == 2 and result.stderr.strip() == "nanoseek: error: learning rate -0.1: expected a positive number"
+    assert result.returncode == 2 and result.stderr.strip() == "nanoseek: error: --lr -0.1: expected a number > 0"
     assert not (tmp_path / "out").exists()
 
 
