@@ -13,7 +13,7 @@ Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `t
 --eval-data, a JSONL from `nanoseek data`), prompted with the chat template and judged by the task's verifier on the
 text after </think>;
 it needs the checkpoint's tokenizer.json and prints n/a without one. Decode: tokens/s of batch-1 greedy decoding
-through the engine after a 32-token prompt (int8 and int4 decode eagerly, the others compiled); the formats take
+through the engine after a 32-token prompt, every format compiled; the formats take
 turns, --repeats rounds, and each keeps its best
 run, so a load that comes and goes on a shared machine hits them all alike.
 

@@ -60,6 +60,9 @@ FP8_MAX = 448.0                       # the largest finite float8_e4m3fn
 FP8_BLOCK = (128, 128)
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes torch's int4 CPU kernel runs
 INT4_GROUP_SIZE = 64
+# torch 2.13's int8 CPU kernel (_weight_int8pack_mm) returns garbage, or crashes, on an AVX-512 CPU when K is not a
+# multiple of 16 (K = 8, 20, 24, 40: values of 1e19 and NaN; tests/test_quant.py): Int8Linear pads K with zeros
+INT8_K_MULTIPLE = 16
 SCALE_DTYPE = torch.bfloat16          # int8 / int4 scales; the FP8 ones are float32, as DeepSeek stores them
 SCALE = "_scale"                      # int8 / int4: `<weight>_scale`
 SCALE_INV = "_scale_inv"              # FP8: `<weight>_scale_inv`, DeepSeek's name for the factor to multiply by
@@ -204,6 +207,21 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() and t.data_ptr() % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
 
 
+@torch.library.custom_op("nanoseek::int8pack_mm", mutates_args=())
+def int8pack_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """torch's int8 CPU kernel, x (M, K) bf16 @ (q (N, K') int8 * scale (N,))^T -> (M, N) bf16, where q's columns
+    past K (up to K' = K rounded up to INT8_K_MULTIPLE) are zeros and x is zero-padded to match, and copied to an
+    aligned address when it is not on one. One opaque operation for torch.compile: a compiled graph cannot read an
+    address (`data_ptr`), and the rest of the step still fuses around it."""
+    x = F.pad(x, (0, q.shape[1] - x.shape[1])) if q.shape[1] > x.shape[1] else x
+    return torch.ops.aten._weight_int8pack_mm(_aligned(x), q, scale)
+
+
+@int8pack_mm.register_fake
+def _(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], q.shape[0])
+
+
 class Int8Linear(nn.Module):
     """y = x @ dequant(W)^T, W int8 with one scale per row, through torch's int8 CPU kernel on bf16 activations.
     `weight` dequantizes on demand (MLA's absorbed decode reads kv_b_proj's matrix), in `dtype`."""
@@ -214,18 +232,18 @@ class Int8Linear(nn.Module):
         self.dtype = dtype
         # Not in state_dict: the checkpoint loader builds these modules from the stored tensors directly. Copies,
         # because the kernel needs 32-byte aligned operands (it crashes the process otherwise) and a tensor read
-        # from a safetensors file can start anywhere.
-        self.register_buffer("q", _aligned(q.to(torch.int8)), persistent=False)
+        # from a safetensors file can start anywhere; zero columns pad K to a multiple the kernel computes right.
+        q = F.pad(q.to(torch.int8), (0, -self.in_features % INT8_K_MULTIPLE))
+        self.register_buffer("q", _aligned(q), persistent=False)
         self.register_buffer("scale", _aligned(scale.to(torch.bfloat16)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = _aligned(x.reshape(-1, self.in_features).to(torch.bfloat16))
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scale)
+        y = int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.q, self.scale)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     @property
     def weight(self) -> torch.Tensor:
-        return dequantize_int8(self.q, self.scale).to(self.dtype)
+        return dequantize_int8(self.q[:, :self.in_features], self.scale).to(self.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
