@@ -5,7 +5,7 @@ Every format takes the real path: `save_quantized` writes it and `load_checkpoin
 rounded by GPTQ on --calibrate worked training problems (`nanoseek quantize`'s default; it needs the tokenizer);
 the row "int4 rtn" rounds each weight to nearest instead, for comparison. int8 and int4 layers
 stay quantized in memory and run torch's CPU kernels (the routed experts dequantize just the experts a forward
-picks), the rest of those models in bf16 as stored; bf16 and fp8 load
+picks), the rest of those models in float32, as `load_checkpoint` and every command load them; bf16 and fp8 load
 as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
 scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
 
@@ -110,7 +110,7 @@ def main() -> None:
             else:
                 save_quantized(model, out, fmt.split()[0], hessians=None if fmt.endswith("rtn") else fitted)
             disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-            loaded = load_checkpoint(out, dtype=None if fmt == "fp32" else torch.bfloat16)
+            loaded = load_checkpoint(out, dtype=None if fmt == "fp32" or fmt.startswith("int") else torch.bfloat16)
             held, bf16 = quantized_bytes(loaded)
             acc = accuracy(loaded, tokenizer, problems, args.max_new_tokens) if tokenizer else None
             rows.append((fmt, disk, weight_bytes(loaded), held / bf16 if bf16 else None, acc))

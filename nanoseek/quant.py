@@ -207,21 +207,6 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() and t.data_ptr() % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("nanoseek::int8pack_mm", mutates_args=())
-def int8pack_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """torch's int8 CPU kernel, x (M, K) bf16 @ (q (N, K') int8 * scale (N,))^T -> (M, N) bf16, where q's columns
-    past K (up to K' = K rounded up to INT8_K_MULTIPLE) are zeros and x is zero-padded to match, and copied to an
-    aligned address when it is not on one. One opaque operation for torch.compile: a compiled graph cannot read an
-    address (`data_ptr`), and the rest of the step still fuses around it."""
-    x = F.pad(x, (0, q.shape[1] - x.shape[1])) if q.shape[1] > x.shape[1] else x
-    return torch.ops.aten._weight_int8pack_mm(_aligned(x), q, scale)
-
-
-@int8pack_mm.register_fake
-def _(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape[0], q.shape[0])
-
-
 class Int8Linear(nn.Module):
     """y = x @ dequant(W)^T, W int8 with one scale per row, through torch's int8 CPU kernel on bf16 activations.
     `weight` dequantizes on demand (MLA's absorbed decode reads kv_b_proj's matrix), in `dtype`."""
@@ -238,7 +223,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", _aligned(scale.to(torch.bfloat16)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.q, self.scale)
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.q.shape[1] > self.in_features:  # the zero columns of q
+            flat = F.pad(flat, (0, self.q.shape[1] - self.in_features))
+        # a compiled graph cannot read addresses, and the buffers it allocates start on 64-byte boundaries
+        flat = flat.clone() if torch.compiler.is_compiling() else _aligned(flat)
+        y = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scale)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     @property
@@ -280,19 +270,31 @@ class Int4Linear(nn.Module):
 class QuantizedStack(nn.Module):
     """One matrix of each of the E routed experts (Experts' gate_proj, up_proj or down_proj) as stored, per expert:
     int8 (E, N, K) with scales (E, N), or int4 packed (E, N, K/2) with scales (E, N, K/G). Indexed like the float
-    stack it replaces (an expert id, a tensor of ids, a slice), it returns those experts dequantized, in `dtype`."""
+    stack it replaces (an expert id, a tensor of ids, a slice), it returns those experts dequantized, in `dtype`.
+    In memory an int4 row keeps its columns in two halves, the low nibbles holding columns 0 .. K/2-1 and the high
+    ones K/2 .. K-1 (stored: 2j and 2j+1, pack_int4): unpacking reads contiguous bytes, which a compiled decode
+    step vectorizes inside the experts' products (interleaved nibbles made it gather them byte by byte)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.dtype = dtype
         self.shape = (*q.shape[:2], q.shape[2] * (1 if q.dtype == torch.int8 else 2))  # (E, N, K) of the floats
+        if q.dtype == torch.uint8:
+            nibbles = (unpack_int4(q) + 8).to(torch.uint8)                           # (E, N, K), 0..15
+            half = self.shape[2] // 2
+            q = nibbles[..., :half] | (nibbles[..., half:] << 4)
         self.register_buffer("q", q, persistent=False)  # built from the stored tensors, as Int8Linear's are
         self.register_buffer("scale", scale, persistent=False)
 
     def __getitem__(self, index) -> torch.Tensor:
         q, scale = self.q[index], self.scale[index]
-        w = dequantize_int8(q, scale) if q.dtype == torch.int8 else dequantize_int4(q, scale)
-        return w.to(self.dtype)
+        if q.dtype == torch.int8:
+            return dequantize_int8(q, scale).to(self.dtype)
+        # both halves by one broadcast shift (a concatenation would be copied on its own in a compiled step)
+        shifts = torch.tensor([[0], [4]], dtype=torch.uint8, device=q.device)
+        nibbles = ((q.unsqueeze(-2) >> shifts) & 15).flatten(-2).to(torch.int8) - 8    # (..., N, K)
+        w = nibbles.float().unflatten(-1, (scale.shape[-1], -1)) * scale.float().unsqueeze(-1)
+        return w.flatten(-2).to(self.dtype)
 
     def extra_repr(self) -> str:
         E, N, K = self.shape
