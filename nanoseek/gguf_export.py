@@ -24,7 +24,8 @@ Types: f32 writes every tensor as it is; f16 and bf16 round the matrices; q8_0 a
 weights along a row with one f16 scale each, 8.5 and 4.5 bits per weight) round them block-wise. Norms, the router
 and the routing bias stay f32 in every type, as llama.cpp's converter keeps them; with q4_0 the embedding and the
 output head are q8_0 (they set the logits directly; our int4 keeps them in bf16). A matrix whose rows are not a
-multiple of 32 cannot be cut into blocks and stays f16, and `export_gguf` reports it.
+multiple of 32 cannot be cut into blocks and stays f16, and `export_gguf` reports it. `attn_v_b` is never f16:
+llama.cpp's CPU backend cannot run it in f16 (f32 instead).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ _ALWAYS_F32 = re.compile(r".*(norm|ffn_gate_inp|exp_probs_b)\.(weight|bias)")
 def export_gguf(src: str | Path, out: str | Path, type: str = "f32") -> tuple[Path, Counter]:
     """Write the checkpoint directory `src` (ours or Hugging Face layout, with its tokenizer.json) to the GGUF file
     `out`, matrices in `type` (see TYPES). Atomic. Returns the path and how many tensors went out in each ggml type
-    ("F16 (rows not in blocks of 32)" counts the matrices that q8_0 / q4_0 blocks cannot cut)."""
+    ("F16 (rows not in blocks of 32)", "F32 (...)" count the matrices that q8_0 / q4_0 blocks cannot cut)."""
     if gguf is None:
         raise ConfigError("GGUF export needs the gguf package: pip install 'nanoseek[gguf]'")
     if type not in TYPES:
@@ -247,16 +248,20 @@ def _interleave_rope(name: str, t: torch.Tensor, config: ModelConfig) -> torch.T
 
 
 def _encode(name: str, t: torch.Tensor, type: str) -> tuple[np.ndarray, object, bool]:
-    """(data for the writer, its ggml type, whether it fell back to F16 because blocks of 32 do not cut its rows)."""
+    """(data for the writer, its ggml type, whether it fell back from q8_0 / q4_0 because blocks of 32 do not cut
+    its rows)."""
     Q = gguf.GGMLQuantizationType
-    data = t.numpy()
+    fallback = False
     if type == "f32" or t.dim() == 1 or _ALWAYS_F32.fullmatch(name):
         qtype = Q.F32
     elif type in ("f16", "bf16"):
         qtype = Q.F16 if type == "f16" else Q.BF16
     else:
         qtype = Q.Q8_0 if type == "q8_0" or name in ("token_embd.weight", "output.weight") else Q.Q4_0
-        if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
-            return gguf.quants.quantize(data, Q.F16), Q.F16, True
-    return gguf.quants.quantize(data, qtype), qtype, False
-
+        if t.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+            qtype, fallback = Q.F16, True
+    if qtype == Q.F16 and name.endswith(".attn_v_b.weight"):
+        # llama.cpp's CPU backend finds no kernel for the W_uv product in F16 and aborts while creating a context
+        # (llama-cpp-python 0.3.36: GGML_ASSERT(*cur_backend_id != -1)); BF16 and F32 run
+        qtype = Q.F32
+    return gguf.quants.quantize(t.numpy(), qtype), qtype, fallback
