@@ -17,8 +17,11 @@ through the engine after a 32-token prompt, every format compiled; the formats t
 turns, --repeats rounds, and each keeps its best
 run, so a load that comes and goes on a shared machine hits them all alike.
 
+--profile prints, for fp32, int8 and int4, torch.profiler's table of one decode run (the operations by their own
+CPU time), where the time of a compiled step goes.
+
 Usage: python benchmarks/quant_bench.py CKPT [--eval-data FILE] [--n 50] [--max-new-tokens 320] [--threads 2]
-                                             [--calibrate 128]
+                                             [--calibrate 128] [--profile]
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--calibrate", type=int, default=CALIBRATION_PROBLEMS,
                         help=f"GPTQ's training problems for int8 / int4 (default: {CALIBRATION_PROBLEMS})")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of fp32, int8, int4 decoding")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,6 +130,13 @@ def main() -> None:
         print(f"{fmt:<9}{disk / 2**20:>10.2f}{disk / bf16_disk:>8.2f}{memory / 2**20:>12.2f}"
               f"{(f'{ratio:.3f}' if ratio else '-'):>13}{(f'{100 * acc:.1f}%' if acc is not None else 'n/a'):>10}"
               f"{tps:>14.1f}")
+    if args.profile:
+        for (fmt, *_), loaded in zip(rows, models):
+            if fmt in ("fp32", "int8", "int4"):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    tps = decode_tokens_per_second(loaded, args.decode_tokens)
+                print(f"\n{fmt}: {args.decode_tokens} tokens at batch 1 under the profiler, {tps:.1f} tok/s")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
