@@ -226,7 +226,10 @@ def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
 
 def _gguf_name(names, name: str) -> str:
     hf = name if name == "lm_head.weight" else "model." + name
-    base, suffix = (hf.removesuffix("_bias"), ".bias") if hf.endswith("_bias") else (hf.removesuffix(".weight"), ".weight")
+    if hf.endswith("_bias"):  # the routing bias, e_score_correction_bias
+        base, suffix = hf.removesuffix("_bias"), ".bias"
+    else:
+        base, suffix = hf.removesuffix(".weight"), ".weight"
     mapped = names.get_name(base)
     if mapped is None:
         raise CheckpointError(f"tensor {name!r} has no counterpart in llama.cpp's deepseek2")

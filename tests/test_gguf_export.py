@@ -24,7 +24,8 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pi
 from nanoseek.gguf_export import export_gguf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["12345 + 678 = 7023", "it's, we'll, they'd've", "안녕하세요, 세계! 2024년", "🎉🚀 done 👍🏽", "  spaces\n\ttabs  ",
+TEXTS = ["12345 + 678 = 7023", "it's, we'll, they'd've", "안녕하세요, 세계! 2024년", "🎉🚀 done 👍🏽",
+         "  spaces\n\ttabs  ",
          "<｜User｜>what is 3*4?<｜Assistant｜><think>\n12\n</think>\n\n12<｜end▁of▁sentence｜>"]
 # llama.cpp's pre-tokenizer "smollm" (src/llama-vocab.cpp): digits one by one, then GPT-2's regex
 SMOLLM = [r"\p{N}", r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"]
@@ -53,7 +54,8 @@ def tiny(tmp_path_factory):
 def exported(tiny, tmp_path_factory):
     """type -> the GGUFReader of the tiny checkpoint exported in that type."""
     out = tmp_path_factory.mktemp("gguf")
-    return {t: gguf.GGUFReader(export_gguf(tiny[1], out / f"{t}.gguf", t)[0]) for t in ("f32", "f16", "bf16", "q8_0", "q4_0")}
+    types = ("f32", "f16", "bf16", "q8_0", "q4_0")
+    return {t: gguf.GGUFReader(export_gguf(tiny[1], out / f"{t}.gguf", t)[0]) for t in types}
 
 
 def tensors(reader) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import sys
 from collections.abc import Iterable, Iterator, Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
