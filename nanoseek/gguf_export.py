@@ -104,9 +104,6 @@ def _check_config(config: ModelConfig) -> None:
         raise CheckpointError(f"llama.cpp's deepseek2 attends with MLA; this model has "
                               f"attention_type={config.attention_type!r} (export it to Hugging Face's layout: "
                               f"convert_hf_to_gguf.py takes it as a Llama)")
-    if config.n_routed_experts == 0 and config.first_k_dense_replace < config.num_hidden_layers:
-        raise CheckpointError(f"layers after first_k_dense_replace={config.first_k_dense_replace} are MoE, but "
-                              f"n_routed_experts=0")
 
 
 # ---- hyper-parameters -------------------------------------------------------------------------------------------

@@ -187,6 +187,18 @@ def test_metadata_holds_deepseek2_keys(tiny, exported):
     assert value(exported["q8_0"], "general.file_type") == gguf.LlamaFileType.MOSTLY_Q8_0
 
 
+def test_yarn_keys(tmp_path):
+    """YaRN (V2 Appendix B) as llama.cpp reads it; its log multiplier is written x 0.1 (llama.cpp divides it back)."""
+    scaling = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256, "beta_fast": 32,
+               "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+    _, path = checkpoint(tmp_path / "yarn", rope_scaling=scaling, num_nextn_predict_layers=0)
+    r = gguf.GGUFReader(export_gguf(path, tmp_path / "m.gguf")[0])
+    got = {key: value(r, f"deepseek2.rope.scaling.{key}") for key in
+           ("type", "factor", "original_context_length", "yarn_beta_fast", "yarn_beta_slow", "yarn_log_multiplier")}
+    assert got == pytest.approx({"type": "yarn", "factor": 4.0, "original_context_length": 256,
+                                 "yarn_beta_fast": 32, "yarn_beta_slow": 1, "yarn_log_multiplier": 0.1})
+
+
 def test_tokenizer_rebuilt_from_gguf_encodes_like_ours(exported):
     """A byte-level BPE built from the file's tokens and merges alone, pre-tokenized by llama.cpp's "smollm" regexes,
     its control tokens added as special: the same ids as our tokenizer."""
