@@ -5,7 +5,7 @@ Every format takes the real path: `save_quantized` writes it and `load_checkpoin
 rounded by GPTQ on --calibrate worked training problems (`nanoseek quantize`'s default; it needs the tokenizer);
 the row "int4 rtn" rounds each weight to nearest instead, for comparison. int8 and int4 layers
 stay quantized in memory and run torch's CPU kernels (the routed experts dequantize just the experts a forward
-picks), the rest of those models in bf16 as stored; bf16 and fp8 load
+picks), the rest of those models in float32, as `load_checkpoint` and every command load them; bf16 and fp8 load
 as bf16 (FP8 is dequantized on load), fp32 as fp32. "quantized x" is the bytes of the quantized matrices (weights and
 scales) over the same matrices in bf16; "disk x" the whole checkpoint over the bf16 one.
 
@@ -13,12 +13,15 @@ Accuracy: greedy answers to held-out problems (the pipeline's evaluation set, `d
 --eval-data, a JSONL from `nanoseek data`), prompted with the chat template and judged by the task's verifier on the
 text after </think>;
 it needs the checkpoint's tokenizer.json and prints n/a without one. Decode: tokens/s of batch-1 greedy decoding
-through the engine after a 32-token prompt (int8 and int4 decode eagerly, the others compiled); the formats take
+through the engine after a 32-token prompt, every format compiled; the formats take
 turns, --repeats rounds, and each keeps its best
 run, so a load that comes and goes on a shared machine hits them all alike.
 
+--profile prints, for fp32, int8 and int4, torch.profiler's table of one decode run (the operations by their own
+CPU time), where the time of a compiled step goes.
+
 Usage: python benchmarks/quant_bench.py CKPT [--eval-data FILE] [--n 50] [--max-new-tokens 320] [--threads 2]
-                                             [--calibrate 128]
+                                             [--calibrate 128] [--profile]
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--calibrate", type=int, default=CALIBRATION_PROBLEMS,
                         help=f"GPTQ's training problems for int8 / int4 (default: {CALIBRATION_PROBLEMS})")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of fp32, int8, int4 decoding")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,7 +114,7 @@ def main() -> None:
             else:
                 save_quantized(model, out, fmt.split()[0], hessians=None if fmt.endswith("rtn") else fitted)
             disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-            loaded = load_checkpoint(out, dtype=None if fmt == "fp32" else torch.bfloat16)
+            loaded = load_checkpoint(out, dtype=None if fmt == "fp32" or fmt.startswith("int") else torch.bfloat16)
             held, bf16 = quantized_bytes(loaded)
             acc = accuracy(loaded, tokenizer, problems, args.max_new_tokens) if tokenizer else None
             rows.append((fmt, disk, weight_bytes(loaded), held / bf16 if bf16 else None, acc))
@@ -126,6 +130,13 @@ def main() -> None:
         print(f"{fmt:<9}{disk / 2**20:>10.2f}{disk / bf16_disk:>8.2f}{memory / 2**20:>12.2f}"
               f"{(f'{ratio:.3f}' if ratio else '-'):>13}{(f'{100 * acc:.1f}%' if acc is not None else 'n/a'):>10}"
               f"{tps:>14.1f}")
+    if args.profile:
+        for (fmt, *_), loaded in zip(rows, models):
+            if fmt in ("fp32", "int8", "int4"):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    tps = decode_tokens_per_second(loaded, args.decode_tokens)
+                print(f"\n{fmt}: {args.decode_tokens} tokens at batch 1 under the profiler, {tps:.1f} tok/s")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

@@ -14,18 +14,25 @@ from nanoseek.errors import NanoseekError
 @contextlib.contextmanager
 def open_atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """`with open_atomic(p) as f: f.write(...)`; the file appears at `p` only when the block ends without error."""
+    with path_atomic(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def path_atomic(path: str | Path) -> Iterator[Path]:
+    """`with path_atomic(p) as tmp: writer.write(tmp)`, for a library that opens the file itself: what it wrote at
+    `tmp` (a new file in the same folder) is fsynced and renamed to `p` when the block ends without error."""
     path = Path(path)
     if not path.parent.is_dir():
         raise NanoseekError(f"cannot write {path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

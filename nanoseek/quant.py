@@ -60,6 +60,9 @@ FP8_MAX = 448.0                       # the largest finite float8_e4m3fn
 FP8_BLOCK = (128, 128)
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes torch's int4 CPU kernel runs
 INT4_GROUP_SIZE = 64
+# torch 2.13's int8 CPU kernel (_weight_int8pack_mm) returns garbage, or crashes, on an AVX-512 CPU when K is not a
+# multiple of 16 (K = 8, 20, 24, 40: values of 1e19 and NaN; tests/test_quant.py): Int8Linear pads K with zeros
+INT8_K_MULTIPLE = 16
 SCALE_DTYPE = torch.bfloat16          # int8 / int4 scales; the FP8 ones are float32, as DeepSeek stores them
 SCALE = "_scale"                      # int8 / int4: `<weight>_scale`
 SCALE_INV = "_scale_inv"              # FP8: `<weight>_scale_inv`, DeepSeek's name for the factor to multiply by
@@ -214,18 +217,23 @@ class Int8Linear(nn.Module):
         self.dtype = dtype
         # Not in state_dict: the checkpoint loader builds these modules from the stored tensors directly. Copies,
         # because the kernel needs 32-byte aligned operands (it crashes the process otherwise) and a tensor read
-        # from a safetensors file can start anywhere.
-        self.register_buffer("q", _aligned(q.to(torch.int8)), persistent=False)
+        # from a safetensors file can start anywhere; zero columns pad K to a multiple the kernel computes right.
+        q = F.pad(q.to(torch.int8), (0, -self.in_features % INT8_K_MULTIPLE))
+        self.register_buffer("q", _aligned(q), persistent=False)
         self.register_buffer("scale", _aligned(scale.to(torch.bfloat16)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = _aligned(x.reshape(-1, self.in_features).to(torch.bfloat16))
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.q.shape[1] > self.in_features:  # the zero columns of q
+            flat = F.pad(flat, (0, self.q.shape[1] - self.in_features))
+        # a compiled graph cannot read addresses, and the buffers it allocates start on 64-byte boundaries
+        flat = flat.clone() if torch.compiler.is_compiling() else _aligned(flat)
         y = torch.ops.aten._weight_int8pack_mm(flat, self.q, self.scale)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     @property
     def weight(self) -> torch.Tensor:
-        return dequantize_int8(self.q, self.scale).to(self.dtype)
+        return dequantize_int8(self.q[:, :self.in_features], self.scale).to(self.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per row"
@@ -262,19 +270,31 @@ class Int4Linear(nn.Module):
 class QuantizedStack(nn.Module):
     """One matrix of each of the E routed experts (Experts' gate_proj, up_proj or down_proj) as stored, per expert:
     int8 (E, N, K) with scales (E, N), or int4 packed (E, N, K/2) with scales (E, N, K/G). Indexed like the float
-    stack it replaces (an expert id, a tensor of ids, a slice), it returns those experts dequantized, in `dtype`."""
+    stack it replaces (an expert id, a tensor of ids, a slice), it returns those experts dequantized, in `dtype`.
+    In memory an int4 row keeps its columns in two halves, the low nibbles holding columns 0 .. K/2-1 and the high
+    ones K/2 .. K-1 (stored: 2j and 2j+1, pack_int4): unpacking reads contiguous bytes, which a compiled decode
+    step vectorizes inside the experts' products (interleaved nibbles made it gather them byte by byte)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.dtype = dtype
         self.shape = (*q.shape[:2], q.shape[2] * (1 if q.dtype == torch.int8 else 2))  # (E, N, K) of the floats
+        if q.dtype == torch.uint8:
+            nibbles = (unpack_int4(q) + 8).to(torch.uint8)                           # (E, N, K), 0..15
+            half = self.shape[2] // 2
+            q = nibbles[..., :half] | (nibbles[..., half:] << 4)
         self.register_buffer("q", q, persistent=False)  # built from the stored tensors, as Int8Linear's are
         self.register_buffer("scale", scale, persistent=False)
 
     def __getitem__(self, index) -> torch.Tensor:
         q, scale = self.q[index], self.scale[index]
-        w = dequantize_int8(q, scale) if q.dtype == torch.int8 else dequantize_int4(q, scale)
-        return w.to(self.dtype)
+        if q.dtype == torch.int8:
+            return dequantize_int8(q, scale).to(self.dtype)
+        # both halves by one broadcast shift (a concatenation would be copied on its own in a compiled step)
+        shifts = torch.tensor([[0], [4]], dtype=torch.uint8, device=q.device)
+        nibbles = ((q.unsqueeze(-2) >> shifts) & 15).flatten(-2).to(torch.int8) - 8    # (..., N, K)
+        w = nibbles.float().unflatten(-1, (scale.shape[-1], -1)) * scale.float().unsqueeze(-1)
+        return w.flatten(-2).to(self.dtype)
 
     def extra_repr(self) -> str:
         E, N, K = self.shape

@@ -150,7 +150,9 @@ def test_fp8_error_is_within_e4m3_rounding_of_its_block():
 
 
 # ---- the modules ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind, N, K, G", [("int8", 72, 48, 0), ("int4", 72, 192, 64), ("int4", 48, 96, 32)])
+# K = 24 and 40: torch's int8 kernel computes garbage there on AVX-512 unless K is padded (quant.INT8_K_MULTIPLE)
+@pytest.mark.parametrize("kind, N, K, G", [("int8", 72, 48, 0), ("int8", 32, 24, 0), ("int8", 24, 40, 0),
+                                           ("int4", 72, 192, 64), ("int4", 48, 96, 32)])
 def test_quant_linear_computes_x_times_dequantized_weight(kind, N, K, G):
     w = spread_matrix(N, K)
     if kind == "int8":

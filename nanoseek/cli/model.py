@@ -166,12 +166,16 @@ def checkpoint_args(p: argparse.ArgumentParser) -> None:
     help = "turn a distributed (torchrun) training checkpoint into one safetensors checkpoint"
     c = sub.add_parser("consolidate", help=help, description=help)
     c.add_argument("src", help="RUN/checkpoints/step-N written under torchrun, or RUN itself (its newest checkpoint)")
-    help = "write any checkpoint (ours or Hugging Face layout) in Hugging Face's layout, for vLLM, SGLang, transformers"
+    help = ("write any checkpoint (ours or Hugging Face layout) in Hugging Face's layout, for vLLM, SGLang, "
+            "transformers, or as one GGUF file for llama.cpp and Ollama (docs/llama-cpp.md)")
     e = sub.add_parser("export", help=help, description=help)
     e.add_argument("src", help="a checkpoint directory")
     for a in (c, e):
         a.add_argument("--out", required=True,
-                       help="new or empty directory for the weights, config.json and the tokenizer")
+                       help="new or empty directory for the weights, config.json and the tokenizer (with --format "
+                            "gguf: the .gguf file)")
+    e.add_argument("--format", default="hf", choices=("hf", "gguf"), help="Hugging Face's layout or GGUF (default: hf)")
+    e.add_argument("--type", default="f32", help="GGUF weights: f32, f16, bf16, q8_0 or q4_0 (default: f32)")
     c.add_argument("--format", default="nanoseek", choices=("nanoseek", "hf"),
                    help="our layout or Hugging Face's (default: nanoseek)")
 
@@ -185,6 +189,13 @@ def checkpoint_run(args: argparse.Namespace) -> None:
     from nanoseek.train.run_folder import check_new_folder
     from nanoseek.train.stage import run_tokenizer
 
+    if args.action == "export" and args.format == "gguf":
+        from nanoseek.checkpoint.gguf import export_gguf
+
+        path, types = export_gguf(args.src, args.out, args.type)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, llama.cpp's deepseek2, MTP modules left out): "
+              + ", ".join(f"{n} {t}" for t, n in types.items()) + " tensors")
+        return
     out = check_new_folder(args.out, "choose another --out")
     if args.action == "consolidate":
         model = consolidate(args.src)

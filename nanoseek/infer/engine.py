@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import sys
 from collections.abc import Iterable, Iterator, Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,6 @@ from nanoseek.infer.request import EngineStats, Request, Sequence, Update
 from nanoseek.infer.sampler import SamplingParams, choose, top_logprobs
 from nanoseek.infer.scheduler import Scheduler
 from nanoseek.model import Transformer
-from nanoseek.quant import is_quantized
 from nanoseek.tokenizer import Tokenizer
 
 
@@ -110,10 +108,6 @@ class Engine:
                                       directory=config.prefix_cache_dir)
         self._weights_version = self._version()
         compile = compile_enabled() if config.compile is None else config.compile
-        if compile and is_quantized(model):
-            print("nanoseek: int8 / int4 layers run torch's own CPU kernels, which do not compile; decoding eagerly",
-                  file=sys.stderr)
-            compile = False
         self.forward = Forward(model, self.pool, compile)
         self.scheduler = Scheduler(self.pool, self.prefix, config.max_seqs, self.spec, c.vocab_size, tokenizer)
         self.stats = EngineStats()
