@@ -12,27 +12,28 @@ import operator
 import types
 import typing
 
-from nanoseek.errors import ConfigError
+from nanoseek.errors import ConfigError, NanoseekError
 
 COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 NOUNS = {int: "an int", float: "a number", bool: "a bool", str: "a string", dict: "an object"}
 
 
-def check_fields(config, rules: dict[str, str | tuple], default: str | None = None) -> None:
+def check_fields(config, rules: dict[str, str | tuple], default: str | None = None,
+                 error: type[NanoseekError] = ConfigError) -> None:
     """Check every field of dataclass instance `config`: its type, then its rule (`default` for numbers without
-    one)."""
+    one); a bad one raises `error`."""
     for name, kind in _hints(type(config)).items():
         value = getattr(config, name)
         if not _is(value, kind):
-            raise ConfigError(f"{name} {value!r:.80}: expected {_noun(kind)}")
+            raise error(f"{name} {value!r:.80}: expected {_noun(kind)}")
         rule = rules.get(name, default if _base(kind) in (int, float) else None)
         if value is None or rule is None:
             continue
         if isinstance(rule, tuple):
             if value not in rule:
-                raise ConfigError(f"{name} {value!r:.80}: expected one of {', '.join(map(str, rule))}")
+                raise error(f"{name} {value!r:.80}: expected one of {', '.join(map(str, rule))}")
         elif not within(value, rule):
-            raise ConfigError(f"{name} {value!r:.80}: expected {NOUNS[_base(kind)]} {rule}")
+            raise error(f"{name} {value!r:.80}: expected {NOUNS[_base(kind)]} {rule}")
 
 
 def within(value: float, rule: str) -> bool:

@@ -18,7 +18,7 @@ import tokenize
 import types
 import typing
 
-from nanoseek.errors import ConfigError
+from nanoseek.errors import ConfigError, NanoseekError
 
 
 @functools.cache
@@ -117,8 +117,8 @@ def from_flags(args: argparse.Namespace, defaults, skip: tuple[str, ...] = (), r
              if f.name not in skip and getattr(args, f.name, None) is not None}
     try:
         return dataclasses.replace(defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
-    except ConfigError as e:
+    except NanoseekError as e:  # ConfigError, or InferenceError from the engine's dataclasses
         message = str(e)
         for name in given:
             message = re.sub(rf"(?<![-\w]){name}\b", flag_name(name, renamed or {}), message)
-        raise ConfigError(message) from None
+        raise type(e)(message) from None

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from nanoseek.checks import check_fields
 from nanoseek.compiling import compile_enabled
 from nanoseek.errors import InferenceError
 from nanoseek.infer import speculative
@@ -51,11 +52,7 @@ class EngineConfig:
                                             # None: the process's (nanoseek.compiling, on by default)
 
     def __post_init__(self):
-        for name, ok, expected in [("cache_mb", self.cache_mb > 0, "> 0"), ("block_size", self.block_size >= 1, ">= 1"),
-                                   ("max_seqs", self.max_seqs >= 1, ">= 1"),
-                                   ("prefill_chunk", self.prefill_chunk >= 1, ">= 1")]:
-            if not ok:
-                raise InferenceError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        check_fields(self, {"cache_mb": "> 0"}, default=">= 1", error=InferenceError)
         if self.prefix_cache_dir is not None and not self.prefix_cache:
             raise InferenceError(f"prefix_cache_dir={self.prefix_cache_dir!r} needs prefix_cache=True")
 

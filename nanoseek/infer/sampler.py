@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoseek.checks import check_fields
 from nanoseek.errors import InferenceError
 
 
@@ -38,22 +39,10 @@ class SamplingParams:
     def __post_init__(self):
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        checks = [
-            ("max_tokens", self.max_tokens >= 1, "at least 1"),
-            ("temperature", self.temperature >= 0, ">= 0"),
-            ("top_k", self.top_k >= 0, ">= 0 (0 keeps every token)"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
-            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
-            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
-            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
-            ("n", self.n >= 1, "at least 1"),
-            ("logprobs", self.logprobs is None or self.logprobs >= 0, "None or >= 0"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InferenceError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
+        check_fields(self, {"max_tokens": ">= 1", "n": ">= 1", "top_p": "in (0, 1]", "min_p": "in [0, 1]",
+                            "presence_penalty": "in [-2, 2]", "frequency_penalty": "in [-2, 2]",
+                            "repetition_penalty": "> 0", "seed": None}, default=">= 0", error=InferenceError)
+        if not all(self.stop):
             raise InferenceError(f"stop strings must be non-empty strings, got {self.stop!r}")
 
     @property

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nanoseek.checks import check_fields
 from nanoseek.errors import ConfigError
 from nanoseek.serve.pricing import Prices
 from nanoseek.serve.tls import check_tls
@@ -32,16 +33,10 @@ class ServeConfig:
                               + ("certificate" if self.tls_key is None else "key"))
         if self.tls_cert is not None:
             check_tls(self.tls_cert, self.tls_key)
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_queue", "max_body_bytes", "default_max_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.body_timeout_s > 0:
-            raise ConfigError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
-        if any(not isinstance(h, str) or not h for h in self.allowed_hosts):
+        check_fields(self, {"port": "in [0, 65535]", "body_timeout_s": "> 0"}, default=">= 1")
+        if not all(self.allowed_hosts):
             raise ConfigError(f"allowed hosts must be non-empty names, got {self.allowed_hosts!r}")
-        if any(not isinstance(k, str) or not k for k in self.api_keys):
+        if not all(self.api_keys):
             raise ConfigError("API keys must be non-empty strings")
         if not self.model_name:
             raise ConfigError("model_name must not be empty")

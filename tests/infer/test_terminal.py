@@ -72,7 +72,7 @@ def test_generate_reports_bad_input_without_a_traceback(checkpoint, capsys):
     path, _ = checkpoint
     with pytest.raises(SystemExit) as e:
         main(["generate", str(path), "hi", "--top-p", "0"])
-    assert e.value.code != 0 and "top_p must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert e.value.code != 0 and "--top-p 0.0: expected a number in (0, 1]" in capsys.readouterr().err
 
 
 def test_chat_keeps_the_conversation_and_resets(checkpoint, tokenizer):

@@ -35,7 +35,7 @@ def test_flags_reach_the_configs(checkpoint, tmp_path, monkeypatch, capsys):
     (["--tls-cert", "{missing}", "--tls-key", "{file}"], "no such file"),
     (["--api-key-file", "{missing}"], "no API key file"),
     (["--prices", "{missing}"], "no price file"),
-    (["--max-queue", "0"], "--max-queue must be >= 1"),
+    (["--max-queue", "0"], "--max-queue 0: expected an int >= 1"),
 ])
 def test_flag_errors(checkpoint, tmp_path, capsys, flags, message):
     (tmp_path / "file.pem").write_text("x")
