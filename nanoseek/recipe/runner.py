@@ -21,10 +21,9 @@ import torch
 from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint, save_checkpoint, save_quantized
 from nanoseek.config import ModelConfig
-from nanoseek.cost import flops_per_token
 from nanoseek.data.prompts import save_prompt_format
 from nanoseek.data.sources import DIFFICULTY, eval_problems
-from nanoseek.data.tasks import generate_mix, save_jsonl
+from nanoseek.data.tasks import generate_mix
 from nanoseek.errors import ConfigError
 from nanoseek.gptq import CALIBRATION_PROBLEMS, calibration_sequences, hessians
 from nanoseek.recipe.estimate import progress_line
@@ -38,10 +37,10 @@ from nanoseek.train.loop import matmul_peak
 from nanoseek.train.metrics import read_metrics
 from nanoseek.train.plot import plot_run
 from nanoseek.train.pretrain import PRETRAIN, PretrainConfig
-from nanoseek.train.rejection import rejection_sample
+from nanoseek.train.rejection import sample_into
 from nanoseek.train.rl import GRPO
-from nanoseek.train.run_folder import (CHECKPOINTS, COUNTS, DISTILL_TRACES, METRICS, PROMPTS, RECIPE, REJECTION, RUN,
-                                       SAMPLES, STAGE, TRAIN_ROWS, TRACES, TRAINED, check_writable, checkpoint_dirs)
+from nanoseek.train.run_folder import (CHECKPOINTS, DISTILL_TRACES, METRICS, RECIPE, REJECTION, RUN, SAMPLES, STAGE,
+                                       TRAIN_ROWS, TRACES, TRAINED, check_writable, checkpoint_dirs)
 from nanoseek.train.sft import SFT, SFTConfig
 from nanoseek.train.stage import device_of, run_stage
 
@@ -169,19 +168,9 @@ def run_rejection_sft(ctx: Context, stage: Stage, folder: Path) -> dict:
     epochs, R1 §2.3.3, within the stage's step budget). With no row kept there is nothing to fine-tune on: the
     stage's checkpoint is then its init, and the record says so."""
     data = ctx.out / REJECTION
-    start = time.perf_counter()
-    if not (data / COUNTS).is_file():
-        data.mkdir(parents=True, exist_ok=True)
-        save_jsonl(rejection_prompts(stage.config), data / PROMPTS)
-        config = dataclasses.replace(stage.config.sampling, checkpoint=_init(ctx, stage),
-                                     prompts=str(data / PROMPTS))
-        counts = rejection_sample(config, data / SAMPLES)
-        counts["seconds"] = time.perf_counter() - start
-        write_atomic(data / COUNTS, json.dumps(counts, indent=1) + "\n")
-    counts = json.loads((data / COUNTS).read_text())
-    config = load_checkpoint(ctx.out / stage.init).config
-    generated = counts["generated_tokens"]
-    sampling_flops = flops_per_token(config, counts["context"], training=False, mtp=False) * generated
+    counts = sample_into(data, rejection_prompts(stage.config),
+                         dataclasses.replace(stage.config.sampling, checkpoint=_init(ctx, stage)))
+    generated, sampling_flops = counts["generated_tokens"], counts["flops"]
     if counts["kept"] == 0:
         print(f"warning: {stage.name}: rejection sampling kept no completion; nothing to fine-tune on, so the "
               f"checkpoint is {stage.init}'s", flush=True)
@@ -233,8 +222,7 @@ def run_distill(ctx: Context, stage: Stage, folder: Path) -> dict:
     data = ctx.out / DISTILL_TRACES
     counts = teacher_traces(settings, data, stage.train.seed)
     teacher = ModelConfig.load(_init(ctx, stage))
-    generated = counts["generated_tokens"]
-    sampling_flops = flops_per_token(teacher, counts["context"], training=False, mtp=False) * generated
+    generated, sampling_flops = counts["generated_tokens"], counts["flops"]
     sizes = {"student": stage.config.student,
              "parameters": ModelConfig.load(settings.student).param_counts()["total"],
              "teacher_parameters": teacher.param_counts()["total"], "rows": counts["kept"], "rejection": counts}

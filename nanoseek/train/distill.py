@@ -17,9 +17,7 @@ forward. The student's own main head is trained on this loss (no MTP or balance 
 """
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,18 +25,17 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from nanoseek.atomic import write_atomic
 from nanoseek.checkpoint import load_checkpoint
 from nanoseek.checks import check_fields
 from nanoseek.config import PRESETS, ModelConfig
 from nanoseek.data.sources import DIFFICULTY
-from nanoseek.data.tasks import generate_mix, save_jsonl
+from nanoseek.data.tasks import generate_mix
 from nanoseek.errors import CheckpointError, ConfigError, DataError
 from nanoseek.model import Transformer
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import LossFn, StepLoss, TrainResult, lm_loss
-from nanoseek.train.rejection import RejectionConfig, rejected, rejection_sample
-from nanoseek.train.run_folder import COUNTS, PROMPTS, TRACES
+from nanoseek.train.rejection import RejectionConfig, rejected, sample_into
+from nanoseek.train.run_folder import TRACES
 from nanoseek.train.sft import SFTBatches, SFTConfig, check_sft_files, heldout_loss
 from nanoseek.train.stage import Plan, Stage, device_of, run_stage, stage_tokenizer
 
@@ -100,20 +97,12 @@ def distill_loss(teacher: Transformer, temperature: float, alpha: float) -> Loss
 
 
 def teacher_traces(config: DistillConfig, folder: str | Path, seed: int) -> dict:
-    """Sample the teacher's verified traces into `folder` (the questions, the kept rows, the counts) and return
-    rejection sampling's counts, with the seconds it took; a folder that already has them is read back."""
-    folder = Path(folder)
-    if (folder / COUNTS).is_file():
-        return json.loads((folder / COUNTS).read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    save_jsonl(generate_mix(config.questions, PROMPT_SEED + seed, "train", config.difficulty), folder / PROMPTS)
-    counts = rejection_sample(RejectionConfig(checkpoint=config.teacher, prompts=str(folder / PROMPTS), k=config.k,
-                                              temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                                              seed=seed, device=config.device), folder / TRACES)
-    counts["seconds"] = time.perf_counter() - start
-    write_atomic(folder / COUNTS, json.dumps(counts, indent=1) + "\n")
-    return counts
+    """The teacher's verified answers to config.questions train-split questions, sampled into `folder` once
+    (`rejection.sample_into`); returns rejection sampling's counts."""
+    questions = generate_mix(config.questions, PROMPT_SEED + seed, "train", config.difficulty)
+    return sample_into(Path(folder), questions, RejectionConfig(
+        checkpoint=config.teacher, prompts="", k=config.k, temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens, seed=seed, device=config.device), kept=TRACES)
 
 
 def student_model(spec: str, teacher: ModelConfig, seed: int, device: torch.device) -> Transformer:

@@ -16,22 +16,27 @@ import ast
 import dataclasses
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from nanoseek.atomic import open_atomic
+from nanoseek.atomic import open_atomic, write_atomic
 from nanoseek.checkpoint import load_checkpoint
 from nanoseek.checks import check_fields
+from nanoseek.config import ModelConfig
+from nanoseek.cost import flops_per_token
 from nanoseek.data.countdown import value
 from nanoseek.data.prompts import prompt_ids
 from nanoseek.data.styles import STEP, correction_line
+from nanoseek.data.tasks import save_jsonl
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.evaluate import EvalConfig, load_problems
 from nanoseek.train.rewards import accuracy_reward, language_reward, split_completion
+from nanoseek.train.run_folder import COUNTS, PROMPTS, SAMPLES
 from nanoseek.train.stage import device_of
 
 
@@ -170,4 +175,21 @@ def rejection_sample(config: RejectionConfig, out: str | Path) -> dict:
                 counts[verdict] += 1
     counts["questions_solved"] = len(solved)
     counts["context"] = context // max(counts["samples"] + len(greedy), 1)
+    return counts
+
+
+def sample_into(folder: Path, problems: list, config: RejectionConfig, kept: str = SAMPLES) -> dict:
+    """Rejection-sample `problems` from config.checkpoint into `folder` once: the questions (PROMPTS), the kept rows
+    (`kept`) and the counts, with the seconds the sampling took and its FLOPs (each generated token one decode step
+    at the mean context, no MTP drafting); a folder that has them already is read back."""
+    if (folder / COUNTS).is_file():
+        return json.loads((folder / COUNTS).read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    save_jsonl(problems, folder / PROMPTS)
+    counts = rejection_sample(dataclasses.replace(config, prompts=str(folder / PROMPTS)), folder / kept)
+    counts["seconds"] = time.perf_counter() - start
+    counts["flops"] = (flops_per_token(ModelConfig.load(config.checkpoint), counts["context"], training=False,
+                                       mtp=False) * counts["generated_tokens"])
+    write_atomic(folder / COUNTS, json.dumps(counts, indent=1) + "\n")
     return counts
