@@ -21,10 +21,10 @@ class TrainConfig:
     warmup_steps: int = 20             # linear warmup from 0 to lr
     decay_fraction: float = 0.2        # wsd: the share of steps in the final decay
     min_lr_ratio: float = 0.1          # the schedule ends at lr * min_lr_ratio (V3 §4.2: a tenth)
-    weight_decay: float = 0.1          # V3 §4.2
+    weight_decay: float = 0.1          # AdamW's weight decay on matrices (V3 §4.2)
     beta1: float = 0.9                 # AdamW's β1 (V3 §4.2: β = (0.9, 0.95))
     beta2: float = 0.95                # AdamW's β2
-    grad_clip: float = 1.0             # V3 §4.2: gradient-clipping norm 1.0
+    grad_clip: float = 1.0             # gradient-clipping norm (V3 §4.2: 1.0); 0: none
     mtp_weight: float = 0.3            # λ, the MTP loss weight (V3 §4.2: 0.3, later 0.1); 0 skips the MTP module
     bias_update_speed: float = 0.001   # γ, the routing-bias update speed of aux-loss-free balancing (V3 §4.2)
     balance_weight: float = 1e-4       # α of the sequence-wise balance loss, V3 §4.2
