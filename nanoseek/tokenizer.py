@@ -112,6 +112,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._backend.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (what other libraries, the grammar engine among them, read)."""
+        return self._backend.to_str()
+
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         """Token ids of `text`; special-token strings inside it become their single ids."""
         ids = self._backend.encode(text, add_special_tokens=False).ids

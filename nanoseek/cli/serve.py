@@ -64,7 +64,7 @@ def serve_run(args: argparse.Namespace) -> None:
 
 # DeepSeek's advice for R1 (temperature 0.6, top-p 0.95) over SamplingParams' OpenAI defaults
 SAMPLING = dict(temperature=0.6, top_p=0.95)
-SAMPLING_SKIP = ("stop_token_ids", "n", "logprobs")
+SAMPLING_SKIP = ("stop_token_ids", "n", "logprobs", "grammar")
 
 
 def _sampling_args(max_tokens: int):
