@@ -25,8 +25,9 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", metavar="FILE", default=None,
                    help="require one of the keys in FILE (one per line) as 'Authorization: Bearer KEY'")
     p.add_argument("--prices", metavar="FILE", default=None,
-                   help="JSON prices in USD per million tokens, any of input_cache_hit, input_cache_miss, output "
-                        "(default: DeepSeek V3's 0.07, 0.27, 1.10)")
+                   help="JSON prices in USD per million tokens, any of input_cache_hit, input_cache_miss, output, "
+                        "their off_peak_ rates and the off-peak hours off_peak_start, off_peak_end (UTC HH:MM) "
+                        "(default: DeepSeek V3's 0.07, 0.27, 1.10, half that from 16:30 to 00:30 UTC)")
     add_flags(p, EngineConfig(), skip=("compile",))
 
 
