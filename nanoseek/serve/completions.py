@@ -75,9 +75,11 @@ class Responder:
                 reasoning += splitter.finish()
         finish, calls = u.finish_reason, []
         if self.gen.tools:
-            if self.calls[u.index] or CALLS_BEGIN in content:
+            if self.calls[u.index]:
+                self.calls[u.index], content = self.calls[u.index] + content, ""
+            elif CALLS_BEGIN in content:
                 content, marker, held = content.partition(CALLS_BEGIN)
-                self.calls[u.index] += marker + held
+                self.calls[u.index] = marker + held
             if finish is not None:
                 _, calls = split_tool_calls(self.calls[u.index])
                 finish = "tool_calls" if calls else finish
