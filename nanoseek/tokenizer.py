@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -249,6 +250,19 @@ def tools_text(tools: Sequence[dict]) -> str:
         out += (f"\n### {f['name']}\nDescription: {f.get('description') or ''}\n\n"
                 f"Parameters: {json.dumps(f.get('parameters') or {}, ensure_ascii=False)}\n")
     return out
+
+
+def split_tool_calls(text: str) -> tuple[str, list[dict]]:
+    """A reply's text -> (its content, its tool calls in OpenAI's shape)."""
+    content, found, rest = text.partition(CALLS_BEGIN)
+    if not found:
+        return text, []
+    calls = []
+    for piece in rest.split(CALLS_END)[0].split(CALL_BEGIN)[1:]:
+        name, _, arguments = piece.partition(CALL_END)[0].partition(CALL_SEP)
+        calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
+                      "function": {"name": name, "arguments": arguments}})
+    return content, calls
 
 
 def chat_ids(tokenizer: Tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False,

@@ -109,10 +109,29 @@ def generate_run(args: argparse.Namespace) -> None:
 def chat_args(p: argparse.ArgumentParser) -> None:
     _sampling_args(max_tokens=2048)(p)
     p.add_argument("--system", default=None, help="a system message before the conversation")
+    p.add_argument("--tools", metavar="FILE", default=None,
+                   help="JSON list of tools the model may call (OpenAI's function definitions); you type the results")
 
 
 def chat_run(args: argparse.Namespace) -> None:
     engine, tokenizer, params = _engine_and_params(args, max_tokens=2048)
     from nanoseek.infer.terminal import chat
 
-    chat(engine, tokenizer, params, system=args.system)
+    chat(engine, tokenizer, params, system=args.system, tools=_tools(args.tools, tokenizer) if args.tools else [])
+
+
+def _tools(path: str, tokenizer) -> list[dict]:
+    """The tools of `nanoseek chat --tools FILE`, checked as the server checks them."""
+    import json
+
+    from nanoseek.errors import ConfigError, ServeError
+    from nanoseek.serve.tools import parse_tools
+
+    try:
+        tools = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--tools {path}: not a readable JSON list of tools: {e}") from None
+    try:
+        return parse_tools({"tools": tools}, tokenizer).definitions
+    except ServeError as e:
+        raise ConfigError(f"--tools {path}: {e}") from None

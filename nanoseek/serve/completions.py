@@ -17,9 +17,8 @@ from nanoseek.serve.metrics import Metrics
 from nanoseek.serve.reasoning import ReasoningSplitter, reasoning_tokens, split_reasoning
 from nanoseek.serve.requests import Generation
 from nanoseek.serve.responses import chat_logprobs, completion_logprobs, envelope, now, response_id, sse, usage
-from nanoseek.serve.tools import split_tool_calls
 from nanoseek.serve.worker import Job
-from nanoseek.tokenizer import CALLS_BEGIN, Tokenizer
+from nanoseek.tokenizer import CALLS_BEGIN, Tokenizer, split_tool_calls
 
 log = logging.getLogger("nanoseek.serve")
 

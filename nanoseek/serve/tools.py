@@ -1,5 +1,5 @@
 """Function calling (OpenAI's `tools` and `tool_choice`, DeepSeek's strict mode): the request's tools, checked; the
-grammar a reply with tool calls must follow; and the calls cut out of the generated text.
+grammar a reply with tool calls must follow. (tokenizer.split_tool_calls cuts the calls out of a reply.)
 
 A tool call is written with DeepSeek-V3.1's special tokens (tokenizer.render_chat):
 `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>name<｜tool▁sep｜>{arguments}<｜tool▁call▁end｜>...<｜tool▁calls▁end｜>`.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from dataclasses import dataclass
 
 from nanoseek.errors import InferenceError
@@ -116,16 +115,3 @@ def tool_calls(calls, param: str) -> list[dict]:
         out.append({"id": call.get("id"), "type": "function",
                     "function": {"name": f["name"], "arguments": f["arguments"]}})
     return out
-
-
-def split_tool_calls(text: str) -> tuple[str, list[dict]]:
-    """A reply's text -> (its content, its tool calls in OpenAI's shape)."""
-    content, found, rest = text.partition(CALLS_BEGIN)
-    if not found:
-        return text, []
-    calls = []
-    for piece in rest.split(CALLS_END)[0].split(CALL_BEGIN)[1:]:
-        name, _, arguments = piece.partition(CALL_END)[0].partition(CALL_SEP)
-        calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
-                      "function": {"name": name, "arguments": arguments}})
-    return content, calls
