@@ -297,14 +297,14 @@ class Engine:
     # ---- decode -------------------------------------------------------------------------------------------------
     def _decode(self) -> list[Update]:
         seqs = list(self.running)
-        masks = self.grammars.start(seqs)  # computed on the grammar's thread while the forward runs
         logits, best = self.forward.decode(decode, seqs, 1, [[s.tokens[-1]] for s in seqs])
+        masks = self.grammars.masks(seqs)  # while a GPU still runs the forward (grammar.py)
         logits = logits[:, 0]
         for s in seqs:
             s.computed += 1
             s.complete = s.computed
         if masks is not None:
-            tokens, _ = choose(self.grammars.apply(logits, masks.result()), seqs)
+            tokens, _ = choose(self.grammars.apply(logits, masks), seqs)
         elif all(s.params.greedy and not s.params.penalized for s in seqs):
             tokens = best[:, 0].tolist()  # chosen inside the step
         else:

@@ -6,15 +6,16 @@ tool arguments) or `lark_grammar`. Each of its sequences holds a matcher: before
 a bitmask of the tokens that may come next, the logits of the others become -inf, and the chosen token advances the
 matcher. When the grammar is complete the mask allows end-of-sequence alone, so a reply stops exactly there.
 
-The masks of a decode step are computed on a worker thread (llguidance's executor, which works over the sequences in
-parallel without holding the GIL) while the step's forward runs, so they are off the step's critical path unless
-they take longer than the forward. Rows without a grammar are never masked, and a batch with no grammar at all
-pays nothing.
+The masks of a decode step are computed (by llguidance's executor, over the sequences in parallel) after the step's
+forward is launched and before its logits are read: on a GPU the forward runs asynchronously, so the masks cost the
+step nothing unless they take longer than the forward. On a CPU the forward is done by then, and the masks cost what
+they cost: tens of microseconds for a JSON schema (benchmarks/constrained_decoding.py). A worker thread does not help
+there: the compiled CPU step holds the GIL, so the thread waited for the forward anyway, and handing the work over
+cost more than the work. Rows without a grammar are never masked, and a batch with no grammar at all pays nothing.
 """
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
-
+import numpy as np
 import torch
 from llguidance import LLExecutor, LLMatcher, LLTokenizer
 
@@ -23,7 +24,6 @@ from nanoseek.tokenizer import Tokenizer
 
 # JSON written compactly: a model cannot pad its reply with whitespace without end
 JSON_OPTIONS = {"whitespace_flexible": False}
-BITS = torch.arange(32, dtype=torch.int32)
 
 
 def json_schema_grammar(schema: dict) -> str:
@@ -56,7 +56,6 @@ class Grammars:
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
         self._ll: LLTokenizer | None = None
         self._executor: LLExecutor | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="nanoseek-grammar")
 
     def matcher(self, grammar: str) -> LLMatcher:
         """A fresh matcher at the start of `grammar`."""
@@ -70,32 +69,22 @@ class Grammars:
             raise InferenceError(f"not a usable grammar: {matcher.get_error()}")
         return matcher
 
-    def start(self, seqs) -> Future | None:
-        """Begin computing the masks of the constrained sequences among `seqs` on the worker thread; None when
-        none is constrained. `apply(logits, future.result())` uses them."""
+    def masks(self, seqs) -> torch.Tensor | None:
+        """A bitmask (len(seqs), ceil(V / 32)) int32 of the tokens each sequence may sample next: bit t % 32 of word
+        t // 32 (every bit set on rows without a grammar); None when no row has one."""
         rows = [(s.matcher, i) for i, s in enumerate(seqs) if s.matcher is not None]
         if not rows:
             return None
-        return self._thread.submit(self._masks, rows, len(seqs))
+        bitmask = torch.full((len(seqs), (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
+        self._executor.unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), bitmask.shape[1] * 4, len(seqs))
+        return bitmask
 
-    def masks(self, seqs) -> torch.Tensor | None:
-        """The same, computed here and now (a prefill's first token)."""
-        job = self.start(seqs)
-        return None if job is None else job.result()
-
-    def _masks(self, rows: list[tuple[LLMatcher, int]], batch: int) -> tuple[list[int], torch.Tensor]:
-        bitmask = torch.zeros(batch, (self.vocab_size + 31) // 32, dtype=torch.int32)
-        self._executor.unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), bitmask.shape[1] * 4, batch)
-        return [i for _, i in rows], bitmask
-
-    def apply(self, logits: torch.Tensor, masks: tuple[list[int], torch.Tensor]) -> torch.Tensor:
-        """logits (B, V) with the tokens each constrained row's grammar forbids at -inf; other rows unchanged."""
-        rows, bitmask = masks
-        bits = bitmask[rows].unsqueeze(-1) >> BITS & 1                  # (rows, V / 32, 32)
-        allowed = bits.flatten(1)[:, :logits.shape[-1]].bool().to(logits.device)
-        out = logits.clone()
-        out[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
-        return out
+    def apply(self, logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) with each token its row's bitmask forbids at -inf."""
+        # the words' bytes in memory order (little-endian), each byte's bits lowest first: bit t of the row is token t
+        bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=-1, count=logits.shape[-1], bitorder="little")
+        forbidden = torch.from_numpy(bits).view(torch.bool).logical_not_().to(logits.device)
+        return logits.masked_fill(forbidden, float("-inf"))
 
     def advance(self, seq, token: int) -> None:
         """The sequence's matcher takes its new token."""
