@@ -105,7 +105,7 @@ def _fim(tokenizer: Tokenizer, prefix: str, suffix: str) -> list[int]:
     if None in tokens:
         raise invalid("suffix", "this model's tokenizer has no FIM tokens, so it cannot fill in a middle")
     begin, hole, end = tokens
-    return [tokenizer.bos_id, begin, *tokenizer.encode_text(prefix), hole, *tokenizer.encode_text(suffix), end]
+    return [begin, *tokenizer.encode_text(prefix), hole, *tokenizer.encode_text(suffix), end]
 
 
 def _check_round_trip(messages: list[dict], thinking: bool) -> None:

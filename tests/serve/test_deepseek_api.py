@@ -138,7 +138,7 @@ def test_fim_completion(server):
     prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(2, 3))\n"
     client = server.client(base="beta")
     r = client.completions.create(model="tiny", prompt=prefix, suffix=suffix, max_tokens=8, temperature=0)
-    ids = [TOKENIZER.bos_id, TOKENIZER.special_id("<｜fim▁begin｜>"), *TOKENIZER.encode(prefix),
+    ids = [TOKENIZER.special_id("<｜fim▁begin｜>"), *TOKENIZER.encode(prefix),
            TOKENIZER.special_id("<｜fim▁hole｜>"), *TOKENIZER.encode(suffix), TOKENIZER.special_id("<｜fim▁end｜>")]
     assert r.usage.prompt_tokens == len(ids)
     same = client.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0)
