@@ -31,7 +31,8 @@ def thinking_mode(body: dict, model: str) -> bool:
     if effort is not None and effort not in EFFORTS:
         raise invalid("reasoning_effort", f"expected one of {list(EFFORTS)}, got {short(effort)}")
     if thinking is not None:
-        if not isinstance(thinking, dict) or set(thinking) != {"type"} or thinking["type"] not in ("enabled", "disabled"):
+        if not isinstance(thinking, dict) or set(thinking) != {"type"} or \
+                thinking["type"] not in ("enabled", "disabled"):
             raise invalid("thinking", f"expected {{\"type\": \"enabled\"}} or {{\"type\": \"disabled\"}}, "
                                       f"got {short(thinking)}")
         enabled = thinking["type"] == "enabled"

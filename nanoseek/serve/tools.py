@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from nanoseek.errors import InferenceError
 from nanoseek.infer.grammar import json_schema_grammar
 from nanoseek.serve.invalid import invalid, short
-from nanoseek.tokenizer import CALL_BEGIN, CALL_END, CALL_SEP, CALLS_BEGIN, CALLS_END, OUTPUT_BEGIN, OUTPUT_END, Tokenizer
+from nanoseek.tokenizer import (CALL_BEGIN, CALL_END, CALL_SEP, CALLS_BEGIN, CALLS_END, OUTPUT_BEGIN, OUTPUT_END,
+                                Tokenizer)
 
 MAX_TOOLS = 128          # DeepSeek's limit
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -69,7 +70,8 @@ def parse_tools(body: dict, tokenizer: Tokenizer) -> Tools | None:
         if unknown:
             raise invalid(f"{name}.function", f"unknown fields {sorted(unknown)}")
         if not isinstance(f.get("name"), str) or not NAME.match(f["name"]):
-            raise invalid(f"{name}.function.name", f"expected 1 to 64 letters, digits, _ or -, got {short(f.get('name'))}")
+            raise invalid(f"{name}.function.name",
+                          f"expected 1 to 64 letters, digits, _ or -, got {short(f.get('name'))}")
         if f["name"] in strict:
             raise invalid(f"{name}.function.name", f"the name {f['name']!r} is given twice")
         if not isinstance(f.get("description", ""), str):

@@ -8,7 +8,8 @@ from nanoseek.tokenizer import FIM_BEGIN, FIM_END, FIM_HOLE
 from nanoseek.train.default_tokenizer import default_tokenizer
 from nanoseek.train.pretrain import PretrainBatches, PretrainConfig
 
-DOCS = [f"Document {i}: the quick brown fox, {'and more ' * (i % 7)}jumps over {i} lazy dogs. 数学 🙂" for i in range(2000)]
+DOCS = [f"Document {i}: the quick brown fox, {'and more ' * (i % 7)}jumps over {i} lazy dogs. 数学 🙂"
+        for i in range(2000)]
 
 
 def unfold(text: str) -> tuple[str, str, str]:

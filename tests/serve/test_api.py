@@ -24,7 +24,8 @@ def check_usage(usage, n_tokens=None):
     assert u["prompt_cache_hit_tokens"] + u["prompt_cache_miss_tokens"] == u["prompt_tokens"]
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
     assert 0 <= u["completion_tokens_details"]["reasoning_tokens"] <= u["completion_tokens"]
-    expected = Prices().cost(u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"], u["completion_tokens"], "peak")
+    expected = Prices().cost(u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"], u["completion_tokens"],
+                             "peak")
     assert u["cost"] == pytest.approx(expected)
     if n_tokens is not None:
         assert u["completion_tokens"] == n_tokens
