@@ -68,7 +68,8 @@ def parse_chat(body: dict, tokenizer: Tokenizer, config: ServeConfig, max_n: int
     max_tokens = _integer(body, "max_completion_tokens", None, 1, None)
     grammar = reply_grammar(tokenizer, thinking, schema, tools)
     params = _sampling(body, config, max_n, (top or 0) if logprobs else None, max_tokens, grammar)
-    return _generation(body, prompt, params, tokenizer.decode(prompt), thinking, tools is not None)
+    calls = tools is not None and tools.choice != "none"
+    return _generation(body, prompt, params, tokenizer.decode(prompt), thinking, calls)
 
 
 def parse_completion(body: dict, tokenizer: Tokenizer, config: ServeConfig, max_n: int, context: int,
