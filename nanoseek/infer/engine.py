@@ -5,7 +5,7 @@ Requests join and leave between steps. Each `step()`:
   1. admits waiting requests (scheduler.py: first come first served, while the cache has room for all of one);
   2. decodes every running sequence in one batched forward: one new token each, or with speculation a draft
      checked and one or two new tokens (speculative.py). The step is compiled per batch bucket (forward.py),
-     and greedy choices are made inside it;
+     and greedy choices are made inside it; a request with a grammar samples only what it allows (grammar.py);
   3. prefills at most `prefill_chunk` prompt tokens of admitted requests, so a long prompt delays the running
      sequences by one chunk per step rather than by its whole length. When a prompt is done its first token is
      sampled, and a request for n samples forks into n sequences sharing the prompt's cache blocks.
