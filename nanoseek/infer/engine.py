@@ -355,6 +355,8 @@ class Engine:
                 delta, by_string = seq.detokenizer.add([token])
                 text += delta
                 reason = "stop" if by_string else None
+            if reason is None and seq.matcher is not None and seq.matcher.is_stopped():
+                reason = "stop"   # the grammar is complete: nothing may follow but end-of-sequence
             if reason is None and len(seq.tokens) - len(request.prompt) >= request.max_tokens:
                 reason = "length"
             if reason is not None:

@@ -4,7 +4,8 @@ vLLM, SGLang and llama.cpp use too; nanoseek writes no parser of its own).
 A request's `SamplingParams.grammar` is an llguidance grammar, made by `json_schema_grammar` (JSON output, strict
 tool arguments) or `lark_grammar`. Each of its sequences holds a matcher: before a token is sampled the matcher gives
 a bitmask of the tokens that may come next, the logits of the others become -inf, and the chosen token advances the
-matcher. When the grammar is complete the mask allows end-of-sequence alone, so a reply stops exactly there.
+matcher. When the grammar is complete the reply stops there (the engine does not sample the end-of-sequence, the
+only token the grammar would still allow).
 
 The masks of a decode step are computed (by llguidance's executor, over the sequences in parallel) after the step's
 forward is launched and before its logits are read: on a GPU the forward runs asynchronously, so the masks cost the
