@@ -9,7 +9,8 @@ standard-library docstrings cut at two random points, given
 A model that uses the suffix predicts the middle better than one that reads only the prefix.
 
 Usage: python benchmarks/fim_middle_loss.py --out DIR [--steps 200] [--batch 8] [--seq-len 128] [--docs 200]
-(pretrains into DIR/fim and DIR/plain unless they are there; a few minutes each on 2 CPU cores)
+(pretrains into DIR/fim and DIR/plain unless they are there; --only fim or --only plain pretrains that one and
+stops, so two processes can train the two side by side)
 """
 from __future__ import annotations
 
@@ -76,12 +77,15 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--docs", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=["fim", "plain"], help="pretrain this model only, and stop")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     runs = {"fim": 0.1, "plain": 0.0}
     for name, rate in runs.items():
-        if not (args.out / name / "model.safetensors").is_file():
+        if args.only in (None, name) and not (args.out / name / "model.safetensors").is_file():
             train(args.out / name, args.steps, args.batch, args.seq_len, rate)
+    if args.only:
+        return
     tokenizer = Tokenizer.from_dir(args.out / "fim")
     models = {name: load_checkpoint(args.out / name).eval() for name in runs}
     held = cases(tokenizer, args.docs, models["fim"].config.max_position_embeddings)
