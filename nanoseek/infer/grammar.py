@@ -7,12 +7,12 @@ a bitmask of the tokens that may come next, the logits of the others become -inf
 matcher. When the grammar is complete the reply stops there (the engine does not sample the end-of-sequence, the
 only token the grammar would still allow).
 
-The masks of a decode step are computed (by llguidance's executor, over the sequences in parallel) after the step's
-forward is launched and before its logits are read: on a GPU the forward runs asynchronously, so the masks cost the
-step nothing unless they take longer than the forward. On a CPU the forward is done by then, and the masks cost what
-they cost: tens of microseconds for a JSON schema (benchmarks/constrained_decoding.py). A worker thread does not help
-there: the compiled CPU step holds the GIL, so the thread waited for the forward anyway, and handing the work over
-cost more than the work. Rows without a grammar are never masked, and a batch with no grammar at all pays nothing.
+The masks of a decode step are computed (more than a few by llguidance's executor, over the sequences in parallel)
+after the step's forward is launched and before its logits are read: on a GPU the forward runs asynchronously, so the
+masks cost the step nothing unless they take longer than the forward. On a CPU the forward is done by then, and the
+masks cost what they cost: microseconds each for a JSON schema (benchmarks/constrained_decoding.py). A worker thread
+does not help there: the compiled CPU step holds the GIL, so the thread waited for the forward anyway, and handing
+the work over cost more than the work. Rows without a grammar are never masked, and a batch with no grammar at all pays nothing.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from nanoseek.tokenizer import Tokenizer
 
 # JSON written compactly: a model cannot pad its reply with whitespace without end
 JSON_OPTIONS = {"whitespace_flexible": False}
+PARALLEL_ROWS = 8   # more constrained rows than this: their masks are computed on the executor's threads
 
 
 def json_schema_grammar(schema: dict) -> str:
@@ -77,7 +78,12 @@ class Grammars:
         if not rows:
             return None
         bitmask = torch.full((len(seqs), (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
-        self._executor.unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), bitmask.shape[1] * 4, len(seqs))
+        width = bitmask.shape[1] * 4
+        if len(rows) > PARALLEL_ROWS:
+            self._executor.unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), width, len(seqs))
+        else:   # a few masks take less time than waking the executor's threads
+            for matcher, i in rows:
+                matcher.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), width)
         return bitmask
 
     def apply(self, logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
