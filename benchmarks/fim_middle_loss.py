@@ -6,7 +6,8 @@ standard-library docstrings cut at two random points, given
   - PSM: `<｜fim▁begin｜>prefix<｜fim▁hole｜>suffix<｜fim▁end｜>`, what /beta/completions with a suffix sends;
   - prefix only: the prefix as plain text, the best a model without FIM can do (it never learned the layout, so
     its PSM figure is given for completeness only).
-A model that uses the suffix predicts the middle better than one that reads only the prefix.
+A model that uses the suffix predicts the middle better than one that reads only the prefix; the suffix tells most
+about the middle's last tokens, the ones that join it, so the loss of the last TAIL tokens is given apart too.
 
 Usage: python benchmarks/fim_middle_loss.py --out DIR [--steps 200] [--batch 8] [--seq-len 128] [--docs 200]
 (pretrains into DIR/fim and DIR/plain unless they are there; --only fim or --only plain pretrains that one and
@@ -52,21 +53,24 @@ def cases(tokenizer: Tokenizer, n: int, context: int) -> list[tuple[list[int], l
     return out
 
 
+TAIL = 8
+
+
 @torch.no_grad()
-def middle_loss(model: Transformer, tokenizer: Tokenizer, cases, psm: bool) -> float:
-    """Mean cross-entropy per token of the middles."""
+def middle_loss(model: Transformer, tokenizer: Tokenizer, cases, psm: bool) -> tuple[float, float]:
+    """Mean cross-entropy per token of the middles, and of their last TAIL tokens."""
     begin, hole, end = (tokenizer.special_id(t) for t in (FIM_BEGIN, FIM_HOLE, FIM_END))
-    total = count = 0.0
+    losses, tails = [], []
     for prefix, middle, suffix in cases:
         context = [begin, *prefix, hole, *suffix, end] if psm else [tokenizer.eos_id, *prefix]
-        target = middle
-        if not target:
+        if not middle:
             continue
-        ids = torch.tensor([context + target])
+        ids = torch.tensor([context + middle])
         logits = model(ids[:, :-1])[0, len(context) - 1:].float()
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(target), reduction="sum")
-        total, count = total + loss.item(), count + len(target)
-    return total / count
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(middle), reduction="none")
+        losses.append(loss)
+        tails.append(loss[-TAIL:])
+    return torch.cat(losses).mean().item(), torch.cat(tails).mean().item()
 
 
 def main() -> None:
@@ -95,11 +99,14 @@ def main() -> None:
     plain_psm = middle_loss(models["plain"], tokenizer, held, psm=True)
     print(f"middle-span loss (nats/token) on {len(held)} held-out docstrings cut at two random points; tiny preset, "
           f"{args.steps} pretraining steps of {args.batch} x {args.seq_len} tokens each")
-    print(f"{'model':<28} {'PSM prompt':>11} {'prefix only':>12}")
-    print(f"{'pretrained with FIM (0.1)':<28} {fim_psm:>11.3f} {fim_prefix:>12.3f}")
-    print(f"{'pretrained without FIM':<28} {plain_psm:>11.3f} {plain_prefix:>12.3f}")
-    print(f"FIM model with the suffix against the plain model with the prefix: {fim_psm:.3f} vs {plain_prefix:.3f} "
-          f"(ratio {fim_psm / plain_prefix:.2f})")
+    print(f"{'model':<28} {'PSM prompt':>11} {'prefix only':>12} {f'PSM, last {TAIL}':>12} "
+          f"{f'prefix, last {TAIL}':>15}")
+    for name, psm, prefix in (("pretrained with FIM (0.1)", fim_psm, fim_prefix),
+                              ("pretrained without FIM", plain_psm, plain_prefix)):
+        print(f"{name:<28} {psm[0]:>11.3f} {prefix[0]:>12.3f} {psm[1]:>12.3f} {prefix[1]:>15.3f}")
+    print(f"FIM model with the suffix against the plain model with the prefix: {fim_psm[0]:.3f} vs "
+          f"{plain_prefix[0]:.3f} (ratio {fim_psm[0] / plain_prefix[0]:.2f}); last {TAIL} tokens {fim_psm[1]:.3f} vs "
+          f"{plain_prefix[1]:.3f} (ratio {fim_psm[1] / plain_prefix[1]:.2f})")
 
 
 if __name__ == "__main__":
