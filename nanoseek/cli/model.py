@@ -23,7 +23,7 @@ def tokenizer_args(p: argparse.ArgumentParser) -> None:
                            description="train a byte-level BPE on UTF-8 text files")
     train.add_argument("files", nargs="+", help="UTF-8 text files, read line by line")
     train.add_argument("--vocab-size", type=int, required=True,
-                       help="largest vocabulary, special tokens included (at least 262)")
+                       help="largest vocabulary, special tokens included (at least 272)")
     train.add_argument("--out", required=True, help="directory for tokenizer.json and tokenizer_config.json")
 
 

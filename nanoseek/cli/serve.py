@@ -25,8 +25,9 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", metavar="FILE", default=None,
                    help="require one of the keys in FILE (one per line) as 'Authorization: Bearer KEY'")
     p.add_argument("--prices", metavar="FILE", default=None,
-                   help="JSON prices in USD per million tokens, any of input_cache_hit, input_cache_miss, output "
-                        "(default: DeepSeek V3's 0.07, 0.27, 1.10)")
+                   help="JSON prices in USD per million tokens, any of input_cache_hit, input_cache_miss, output, "
+                        "their off_peak_ rates and the off-peak hours off_peak_start, off_peak_end (UTC HH:MM) "
+                        "(default: DeepSeek V3's 0.07, 0.27, 1.10, half that from 16:30 to 00:30 UTC)")
     add_flags(p, EngineConfig(), skip=("compile",))
 
 
@@ -64,7 +65,7 @@ def serve_run(args: argparse.Namespace) -> None:
 
 # DeepSeek's advice for R1 (temperature 0.6, top-p 0.95) over SamplingParams' OpenAI defaults
 SAMPLING = dict(temperature=0.6, top_p=0.95)
-SAMPLING_SKIP = ("stop_token_ids", "n", "logprobs")
+SAMPLING_SKIP = ("stop_token_ids", "n", "logprobs", "grammar")
 
 
 def _sampling_args(max_tokens: int):
@@ -115,10 +116,29 @@ def generate_run(args: argparse.Namespace) -> None:
 def chat_args(p: argparse.ArgumentParser) -> None:
     _sampling_args(max_tokens=2048)(p)
     p.add_argument("--system", default=None, help="a system message before the conversation")
+    p.add_argument("--tools", metavar="FILE", default=None,
+                   help="JSON list of tools the model may call (OpenAI's function definitions); you type the results")
 
 
 def chat_run(args: argparse.Namespace) -> None:
     engine, tokenizer, params = _engine_and_params(args, max_tokens=2048)
     from nanoseek.infer.terminal import chat
 
-    chat(engine, tokenizer, params, system=args.system)
+    chat(engine, tokenizer, params, system=args.system, tools=_tools(args.tools, tokenizer) if args.tools else [])
+
+
+def _tools(path: str, tokenizer) -> list[dict]:
+    """The tools of `nanoseek chat --tools FILE`, checked as the server checks them."""
+    import json
+
+    from nanoseek.errors import ConfigError, ServeError
+    from nanoseek.serve.tools import parse_tools
+
+    try:
+        tools = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--tools {path}: not a readable JSON list of tools: {e}") from None
+    try:
+        return parse_tools({"tools": tools}, tokenizer).definitions
+    except ServeError as e:
+        raise ConfigError(f"--tools {path}: {e}") from None

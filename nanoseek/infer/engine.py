@@ -5,7 +5,7 @@ Requests join and leave between steps. Each `step()`:
   1. admits waiting requests (scheduler.py: first come first served, while the cache has room for all of one);
   2. decodes every running sequence in one batched forward: one new token each, or with speculation a draft
      checked and one or two new tokens (speculative.py). The step is compiled per batch bucket (forward.py),
-     and greedy choices are made inside it;
+     and greedy choices are made inside it; a request with a grammar samples only what it allows (grammar.py);
   3. prefills at most `prefill_chunk` prompt tokens of admitted requests, so a long prompt delays the running
      sequences by one chunk per step rather than by its whole length. When a prompt is done its first token is
      sampled, and a request for n samples forks into n sequences sharing the prompt's cache blocks.
@@ -28,6 +28,7 @@ from nanoseek.compiling import compile_enabled
 from nanoseek.errors import InferenceError
 from nanoseek.infer import speculative
 from nanoseek.infer.forward import Forward, decode
+from nanoseek.infer.grammar import Grammars
 from nanoseek.infer.kv_cache import BlockPool
 from nanoseek.infer.prefix_cache import PrefixCache, fingerprint
 from nanoseek.infer.request import EngineStats, Request, Sequence, Update
@@ -106,6 +107,7 @@ class Engine:
         self._weights_version = self._version()
         compile = compile_enabled() if config.compile is None else config.compile
         self.forward = Forward(model, self.pool, compile)
+        self.grammars = Grammars(tokenizer, c.vocab_size)
         self.scheduler = Scheduler(self.pool, self.prefix, config.max_seqs, self.spec, c.vocab_size, tokenizer)
         self.stats = EngineStats()
         self.requests: dict[int, Request] = {}       # waiting or running
@@ -211,6 +213,10 @@ class Engine:
             raise InferenceError(f"stop strings {params.stop!r} need a tokenizer; this engine has none")
         if params.n > self.config.max_seqs:
             raise InferenceError(f"n={params.n} samples exceed max_seqs={self.config.max_seqs}")
+        if params.grammar is not None and self.spec:
+            raise InferenceError("a grammar (constrained decoding) does not run with speculative decoding: the "
+                                 "draft would need a mask of its own")
+        matcher = None if params.grammar is None else self.grammars.matcher(params.grammar)
         max_tokens = min(params.max_tokens, self.context - len(prompt))
         need = self.scheduler.blocks_needed(len(prompt), max_tokens, params.n, cached=0)
         if need > self.pool.capacity:
@@ -218,7 +224,7 @@ class Engine:
                                  f"needs {need} cache blocks of {self.pool.block_size} tokens, but the cache holds "
                                  f"{self.pool.capacity} (cache_mb={self.config.cache_mb}); raise cache_mb or lower "
                                  "max_tokens")
-        request = Request(self._next_id, prompt, params, max_tokens)
+        request = Request(self._next_id, prompt, params, max_tokens, matcher=matcher)
         self._next_id += 1
         return request
 
@@ -260,7 +266,12 @@ class Engine:
         updates, started, started_h = [], [], []
         for j, i in enumerate(done):
             samples = self.scheduler.fork(rows[i][0])
-            tokens, _ = choose(logits[j].expand(len(samples), -1), samples)
+            row = logits[j].expand(len(samples), -1)
+            for sample in samples:
+                if sample.request.matcher is not None:
+                    sample.matcher = sample.request.matcher.deep_copy()
+            masks = self.grammars.masks(samples)
+            tokens, _ = choose(row if masks is None else self.grammars.apply(row, masks), samples)
             lps = self._logprobs(logits[j].expand(len(samples), -1), samples, tokens)
             for sample, token, lp in zip(samples, tokens, lps):
                 updates.append(self._append(sample, [token], [lp]))
@@ -278,11 +289,14 @@ class Engine:
     def _decode(self) -> list[Update]:
         seqs = list(self.running)
         logits, best = self.forward.decode(decode, seqs, 1, [[s.tokens[-1]] for s in seqs])
+        masks = self.grammars.masks(seqs)  # while a GPU still runs the forward (grammar.py)
         logits = logits[:, 0]
         for s in seqs:
             s.computed += 1
             s.complete = s.computed
-        if all(s.params.greedy and not s.params.penalized for s in seqs):
+        if masks is not None:
+            tokens, _ = choose(self.grammars.apply(logits, masks), seqs)
+        elif all(s.params.greedy and not s.params.penalized for s in seqs):
             tokens = best[:, 0].tolist()  # chosen inside the step
         else:
             tokens, _ = choose(logits, seqs)
@@ -325,12 +339,15 @@ class Engine:
             if seq.counts is not None:
                 seq.counts[token] += 1
                 seq.seen[token] = True
+            self.grammars.advance(seq, token)
             if (token == self.eos_id and not params.ignore_eos) or token in params.stop_token_ids:
                 reason = "stop"
             elif seq.detokenizer is not None:
                 delta, by_string = seq.detokenizer.add([token])
                 text += delta
                 reason = "stop" if by_string else None
+            if reason is None and seq.matcher is not None and seq.matcher.is_stopped():
+                reason = "stop"   # the grammar is complete: nothing may follow but end-of-sequence
             if reason is None and len(seq.tokens) - len(request.prompt) >= request.max_tokens:
                 reason = "length"
             if reason is not None:

@@ -19,6 +19,7 @@ class Request:
     sequences: list[Sequence] = field(default_factory=list)
     cached_tokens: int = 0                   # prompt tokens served by the prefix cache
     spare: list[list[int]] = field(default_factory=list)  # cache blocks of samples 2..n, until they fork
+    matcher: object = None                   # constrained decoding: the grammar's matcher at its start (grammar.py)
 
 
 @dataclass(eq=False)
@@ -38,6 +39,7 @@ class Sequence:
     draft: int | None = None                 # speculation: the MTP's guess of the token after the last one
     draft_probs: torch.Tensor | None = None
     detokenizer: Detokenizer | None = None
+    matcher: object = None                   # constrained decoding: where this sample is in its grammar
     logprobs: list = field(default_factory=list)
     finish_reason: str | None = None         # "stop", "length" or "cancelled"
 

@@ -35,6 +35,7 @@ class SamplingParams:
     seed: int | None = None                    # same seed, same output; sample i of n uses seed + i
     n: int = 1                                 # samples of one prompt, sharing its prefill
     logprobs: int | None = None                # None: none; k: the chosen token's log-probability and the top k
+    grammar: str | None = None                 # an llguidance grammar (grammar.py): only text it accepts is sampled
 
     def __post_init__(self):
         object.__setattr__(self, "stop", tuple(self.stop))

@@ -4,6 +4,8 @@ Chat renders the conversation with DeepSeek-R1's template (tokenizer.render_chat
 part between <think> and </think> (R1 §2.2.1), dimmed and apart from the answer; like DeepSeek's API it feeds
 earlier answers back without their reasoning. Ctrl-C stops a reply (the request is cancelled between two engine
 steps, so the engine stays consistent) without leaving the chat; `/reset` starts over, `/exit` or Ctrl-D leaves.
+Given tools (`--tools`, OpenAI's definitions), the model may call them: each call shows as `[tool call]
+name(arguments)`, the user types its result, and the model goes on with the results in its context.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from typing import TextIO
 from nanoseek.errors import InferenceError
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampler import SamplingParams
-from nanoseek.tokenizer import END_THINK, THINK, Tokenizer, render_chat
+from nanoseek.tokenizer import (CALL_BEGIN, CALL_END, CALL_SEP, CALLS_BEGIN, CALLS_END, END_THINK, THINK, Tokenizer,
+                                render_chat, split_tool_calls)
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
+SHOWN = {CALLS_BEGIN: "", CALL_BEGIN: "\n[tool call] ", CALL_SEP: "(", CALL_END: ")", CALLS_END: ""}
 
 
 class ReplyPrinter:
@@ -51,6 +55,8 @@ class ReplyPrinter:
             # the template puts "\n\n" after </think>; the answer starts after it
             text = text.lstrip("\n") if not self.answer else text
             self.answer += text
+        for token, shown in SHOWN.items():   # tool calls, readable
+            text = text.replace(token, shown)
         self.out.write(text)
 
     def close(self) -> None:
@@ -107,7 +113,7 @@ def generate(engine: Engine, tokenizer: Tokenizer, prompt: list[int], params: Sa
 
 
 def chat(engine: Engine, tokenizer: Tokenizer, params: SamplingParams, system: str | None = None,
-         out: TextIO | None = None, read=input) -> None:
+         out: TextIO | None = None, read=input, tools: list[dict] = ()) -> None:
     out = out or sys.stdout
     intro = [{"role": "system", "content": system}] if system else []
     messages = list(intro)
@@ -128,16 +134,35 @@ def chat(engine: Engine, tokenizer: Tokenizer, params: SamplingParams, system: s
         if not command:
             continue
         messages.append({"role": "user", "content": line})
-        prompt = tokenizer.encode(render_chat(messages, add_generation_prompt=True))
-        printer = ReplyPrinter(out)
-        try:
-            line, interrupted = stream_reply(engine, prompt, params, printer)
-        except InferenceError as e:  # e.g. the conversation outgrew the context: say so and stay in the chat
+        while _reply(engine, tokenizer, params, messages, out, read, tools):
+            pass
+
+
+def _reply(engine: Engine, tokenizer: Tokenizer, params: SamplingParams, messages: list[dict], out: TextIO, read,
+           tools: list[dict]) -> bool:
+    """One assistant reply; True when it called tools, whose results the user gave: the model goes on."""
+    prompt = tokenizer.encode(render_chat(messages, add_generation_prompt=True, tools=tools))
+    printer = ReplyPrinter(out)
+    try:
+        line, interrupted = stream_reply(engine, prompt, params, printer)
+    except InferenceError as e:  # e.g. the conversation outgrew the context: say so and stay in the chat
+        while messages[-1]["role"] != "user":
             messages.pop()
-            print(f"error: {e}; /reset starts a new conversation", file=out, flush=True)
-            continue
-        printer.close()
-        if interrupted:
-            print("(stopped)", file=out, flush=True)
-        print(line, file=sys.stderr, flush=True)
-        messages.append({"role": "assistant", "content": printer.answer.strip()})
+        messages.pop()
+        print(f"error: {e}; /reset starts a new conversation", file=out, flush=True)
+        return False
+    printer.close()
+    if interrupted:
+        print("(stopped)", file=out, flush=True)
+    print(line, file=sys.stderr, flush=True)
+    content, calls = split_tool_calls(printer.answer.strip())
+    messages.append({"role": "assistant", "content": content.strip(), **({"tool_calls": calls} if calls else {})})
+    if not calls or interrupted:
+        return False
+    for call in calls:
+        try:
+            result = read(f"result of {call['function']['name']}> ")
+        except (EOFError, KeyboardInterrupt):
+            result = "(no result)"
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+    return True

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -26,11 +28,13 @@ from nanoseek.serve.completions import Responder
 from nanoseek.serve.config import ServeConfig
 from nanoseek.serve.hosts import allowed_hosts, check_host
 from nanoseek.serve.metrics import Metrics
+from nanoseek.serve.reasoning import THINKING_MODELS
 from nanoseek.serve.requests import check_model, parse_chat, parse_completion
 from nanoseek.serve.worker import EngineWorker
 
 PAGE = Path(__file__).parent / "static" / "index.html"
-PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/beta/chat/completions",
+         "/beta/completions"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                408: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
                429: "rate_limit_error"}
@@ -45,7 +49,12 @@ PAGE_HEADERS = {
 }
 
 
-def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_app(engine: Engine, config: ServeConfig, clock: Callable[[], datetime] = utc_now) -> FastAPI:
+    """The app over `engine`; `clock` tells the time that decides peak or off-peak prices (tests set it)."""
     if engine.tokenizer is None:
         raise ConfigError("the server needs a tokenizer: the checkpoint directory has no tokenizer.json")
     tokenizer = engine.tokenizer
@@ -100,24 +109,31 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(worker), media_type="text/plain; version=0.0.4")
 
-    def model_card() -> dict:
-        return {"id": config.model_name, "object": "model", "created": started, "owned_by": "nanoseek"}
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": started, "owned_by": "nanoseek"}
 
     @app.get("/v1/models", dependencies=keyed)
     async def models() -> dict:
-        return {"object": "list", "data": [model_card()]}
+        # DeepSeek's ids name the same checkpoint, thinking or not (reasoning.py)
+        return {"object": "list", "data": [model_card(m) for m in (config.model_name, *THINKING_MODELS)]}
 
     @app.get("/v1/models/{model:path}", dependencies=keyed)
     async def model(model: str) -> dict:
         check_model(model, config)
-        return model_card()
+        return model_card(model)
 
-    async def generate(request: Request, chat: bool) -> Response:
+    async def generate(request: Request, chat: bool, beta: bool = False) -> Response:
         body = await read_json(request, config.max_body_bytes, config.body_timeout_s)
+        period = config.prices.period(clock())
         parse = parse_chat if chat else parse_completion
-        gen = parse(body, tokenizer, config, engine.config.max_seqs, engine.context)
+        gen = parse(body, tokenizer, config, engine.config.max_seqs, engine.context, beta)
+        if gen.params.grammar is not None and engine.spec:
+            raise ServeError("JSON output and tool calls are constrained token by token, which this server's "
+                             "speculative decoding does not do; serve without --speculative", 400,
+                             param="response_format" if body.get("response_format") else "tools",
+                             code="unsupported_with_speculative_decoding")
         job = await worker.open(gen.prompt, gen.params)
-        responder = Responder(chat, gen, job, tokenizer, config, metrics)
+        responder = Responder(chat, gen, job, tokenizer, config, metrics, period)
         if gen.stream:
             return EventStream(responder)
         return await until_disconnect(request, responder)
@@ -129,6 +145,15 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     @app.post("/v1/completions", dependencies=keyed)
     async def completions(request: Request) -> Response:
         return await generate(request, chat=False)
+
+    # DeepSeek's beta base URL: the same API, with chat prefix completion and FIM completion
+    @app.post("/beta/chat/completions", dependencies=keyed)
+    async def beta_chat_completions(request: Request) -> Response:
+        return await generate(request, chat=True, beta=True)
+
+    @app.post("/beta/completions", dependencies=keyed)
+    async def beta_completions(request: Request) -> Response:
+        return await generate(request, chat=False, beta=True)
 
     return app
 

@@ -15,7 +15,7 @@ def response_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, cached_tokens: int, completion_tokens: int, reasoning_tokens: int | None,
-          prices: Prices) -> dict:
+          prices: Prices, period: str = "peak") -> dict:
     out = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -23,7 +23,7 @@ def usage(prompt_tokens: int, cached_tokens: int, completion_tokens: int, reason
         "prompt_cache_hit_tokens": cached_tokens,
         "prompt_cache_miss_tokens": prompt_tokens - cached_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
-        "cost": prices.cost(cached_tokens, prompt_tokens - cached_tokens, completion_tokens),
+        "cost": prices.cost(cached_tokens, prompt_tokens - cached_tokens, completion_tokens, period),
     }
     if reasoning_tokens is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}

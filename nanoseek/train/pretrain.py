@@ -1,5 +1,6 @@
 """Pretraining (V3 report §4.1-4.2 in miniature): next-token prediction with the MTP objective on natural text
 interleaved with worked synthetic problems, packed into fixed-length sequences with end-of-sequence separators.
+A tenth of the text documents are laid out Prefix-Suffix-Middle (Fill-in-Middle, V3 §4.1, data/fim.py).
 
 The text is the user's files or the standard library's docstrings; each epoch passes over its training split again
 with a fresh draw of problems (seed * 1000 + epoch), so no problem document repeats between epochs. The batch
@@ -16,12 +17,13 @@ from typing import Callable, Iterator
 import torch
 
 from nanoseek.checks import check_fields
+from nanoseek.data.fim import FIM_RATE, fim_documents
 from nanoseek.data.mix import SYNTHETIC_FRACTION, Packer, mix_documents
 from nanoseek.data.sources import DIFFICULTY, check_text_files, heldout_sequences, split_text, text_source
 from nanoseek.data.styles import DEFAULT_STYLES, parse_styles
 from nanoseek.errors import ConfigError, DataError
 from nanoseek.model import Transformer
-from nanoseek.tokenizer import Tokenizer
+from nanoseek.tokenizer import FIM_BEGIN, FIM_END, FIM_HOLE, Tokenizer
 from nanoseek.train.config import TrainConfig
 from nanoseek.train.loop import TrainResult, lm_loss
 from nanoseek.train.stage import Plan, Stage, device_of, initial_model, run_stage, stage_tokenizer
@@ -38,12 +40,13 @@ class PretrainConfig:
     difficulty: int | None = DIFFICULTY  # level 1-5 of the worked problems
     trace_styles: str = DEFAULT_STYLES   # shares of the worked problems' styles: answer, worked, checked (a
                                          # self-check after the steps), corrected (a slip caught and corrected)
+    fim_rate: float = FIM_RATE           # share of text documents laid out Prefix-Suffix-Middle (V3 §4.1); 0: none
     val_sequences: int = 16              # held-out sequences for the validation loss
     device: str | None = None            # cpu, cuda or cuda:N; none: cuda when available, else cpu
 
     def __post_init__(self):
         check_fields(self, {"seq_len": ">= 2", "val_sequences": ">= 1", "synthetic_fraction": "in [0, 1]",
-                            "difficulty": "in [1, 5]"})
+                            "difficulty": "in [1, 5]", "fim_rate": "in [0, 1]"})
         parse_styles(self.trace_styles)
 
 
@@ -60,7 +63,8 @@ class PretrainBatches:
         self.load_state_dict({"epoch": 0, "packer": None})
 
     def _packer(self, state: dict | None) -> Packer:
-        documents = mix_documents(split_text(self.text(), "train"), self.seed * 1000 + self.epoch,
+        text = fim_documents(split_text(self.text(), "train"), self.config.fim_rate, self.seed * 1000 + self.epoch)
+        documents = mix_documents(text, self.seed * 1000 + self.epoch,
                                   self.config.synthetic_fraction, difficulty=self.config.difficulty,
                                   styles=self.config.trace_styles)
         return Packer(documents, self.tokenizer.encode, self.tokenizer.eos_id, self.config.seq_len, state)
@@ -109,6 +113,9 @@ def plan(config: PretrainConfig, train_config: TrainConfig, out: Path) -> Plan:
         raise ConfigError(f"seq_len {config.seq_len} exceeds the model's max_position_embeddings "
                           f"{model.config.max_position_embeddings}")
     tokenizer = stage_tokenizer(config.init, model.config)
+    if config.fim_rate > 0 and any(tokenizer.special_id(t) is None for t in (FIM_BEGIN, FIM_HOLE, FIM_END)):
+        raise ConfigError(f"fim_rate {config.fim_rate} needs the FIM tokens, which this checkpoint's tokenizer lacks; "
+                          "pass --fim-rate 0")
     text = text_source(config.data)
     val = heldout_sequences(tokenizer, text, config.val_sequences, config.seq_len, config.difficulty,
                             styles=config.trace_styles)
@@ -119,6 +126,7 @@ def plan(config: PretrainConfig, train_config: TrainConfig, out: Path) -> Plan:
         "data": ", ".join(config.data) or "standard-library docstrings",
         "synthetic share": f"{config.synthetic_fraction:.0%} of the text, by characters "
                            f"(difficulty {config.difficulty}), trace styles {config.trace_styles}",
+        "fill-in-middle": f"{config.fim_rate:.0%} of the text documents, Prefix-Suffix-Middle",
         "batch": f"{train_config.batch_size} x {config.seq_len} tokens",
     })
 

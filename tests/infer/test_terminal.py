@@ -12,8 +12,10 @@ from nanoseek.data.sources import DIFFICULTY, EVAL_SEED
 from nanoseek.data.tasks import generate_mix
 from nanoseek.errors import ConfigError
 from nanoseek.infer import Engine, EngineConfig, SamplingParams
+from nanoseek.infer import terminal
 from nanoseek.infer.terminal import ReplyPrinter, chat
 from nanoseek.tokenizer import render_chat
+from nanoseek.train.default_tokenizer import default_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +95,29 @@ def test_chat_keeps_the_conversation_and_resets(checkpoint, tokenizer):
     assert prompts[0] == first and prompts[2] == first  # /reset started over
     assert prompts[1][:len(first)] == first and len(prompts[1]) > len(first) + 2  # the history came along
     assert "(new conversation)" in out.getvalue()
+
+
+CALL = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Paris\"}<｜tool▁call▁end｜>"
+        "<｜tool▁calls▁end｜>")
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "", "parameters": {}}}]
+
+
+def test_chat_shows_tool_calls_and_takes_their_results(monkeypatch):
+    """The model (canned here) calls a tool: the call shows readably, the user's result goes back to the model."""
+    tokenizer = default_tokenizer()
+    replies, prompts = iter([CALL, "It is 18.", "ok"]), []
+
+    def canned(engine, prompt, params, printer):
+        prompts.append(tokenizer.decode(prompt))
+        printer.feed(next(replies))
+        return "[report]", False
+
+    monkeypatch.setattr(terminal, "stream_reply", canned)
+    lines = iter(["weather in Paris?", "18 and cloudy", "/exit"])
+    out = io.StringIO()
+    chat(None, tokenizer, SamplingParams(), out=out, read=lambda _: next(lines), tools=WEATHER)
+    assert '[tool call] get_weather({"city": "Paris"})' in out.getvalue()
+    assert "<｜tool" not in out.getvalue()
+    assert "### get_weather" in prompts[0]
+    assert prompts[1].endswith("<｜tool▁output▁begin｜>18 and cloudy<｜tool▁output▁end｜><｜Assistant｜>")
+    assert len(prompts) == 2

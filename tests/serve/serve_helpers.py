@@ -2,6 +2,7 @@
 gibberish, but the protocol around them is what the serve tests check."""
 import threading
 import time
+from datetime import datetime, timezone
 
 import openai
 import torch
@@ -14,13 +15,18 @@ from nanoseek.serve import ServeConfig, build_server, create_app
 from nanoseek.train.default_tokenizer import default_tokenizer
 
 
-class LiveServer:
-    """`create_app` under uvicorn in a thread, on a free loopback port."""
+PEAK = datetime(2026, 3, 2, 4, 0, tzinfo=timezone.utc)        # noon in Beijing: peak prices
 
-    def __init__(self, checkpoint, config: ServeConfig, cache_mb: float = 32.0, prefix_cache_dir=None):
+
+class LiveServer:
+    """`create_app` under uvicorn in a thread, on a free loopback port. Its clock says `now` (a datetime, or a
+    callable giving one): peak hours unless a test moves it."""
+
+    def __init__(self, checkpoint, config: ServeConfig, cache_mb: float = 32.0, prefix_cache_dir=None, now=PEAK):
         self.engine = Engine(checkpoint, EngineConfig(cache_mb=cache_mb, prefix_cache_dir=prefix_cache_dir))
         self.config = config
-        self.app = create_app(self.engine, config)
+        self.now = now
+        self.app = create_app(self.engine, config, clock=lambda: self.now() if callable(self.now) else self.now)
         self.server = build_server(self.app, config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -37,8 +43,9 @@ class LiveServer:
     def worker(self):
         return self.app.state.worker
 
-    def client(self, key: str | None = None, **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, max_retries=0, timeout=60, **kwargs)
+    def client(self, key: str | None = None, base: str = "v1", **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/{base}", api_key=key or self.key, max_retries=0, timeout=60,
+                             **kwargs)
 
     def close(self) -> None:
         self.server.should_exit = True

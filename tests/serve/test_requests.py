@@ -49,7 +49,7 @@ def test_sampling_fields_reach_the_engine():
     ({"presence_penalty": 3}, "presence_penalty"), ({"frequency_penalty": True}, "frequency_penalty"),
     ({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"stream_options": {"include_usage": True}}, "stream_options"), ({"tools": []}, "tools"),
-    ({"messages": []}, "messages"), ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"messages": []}, "messages"), ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "late"}]}, "messages"),
     ({"messages": [{"role": "user", "content": "many words " * 600}]}, "messages"),
