@@ -17,7 +17,7 @@ from nanoseek.config import ModelConfig
 from nanoseek.errors import CheckpointError, ConfigError, TokenizerError
 from nanoseek.model import Transformer
 from nanoseek.model.rope import apply_rope
-from nanoseek.tokenizer import SPECIAL_TOKENS, Tokenizer, render_chat
+from nanoseek.tokenizer import EXTRA_TOKENS, SPECIAL_TOKENS, Tokenizer, render_chat
 from nanoseek.train.default_tokenizer import ASSETS
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'nanoseek[gguf]')")
@@ -205,7 +205,7 @@ def test_tokenizer_rebuilt_from_gguf_encodes_like_ours(exported):
     r = exported["f32"]
     tokens, types, merges = (value(r, f"tokenizer.ggml.{k}") for k in ("tokens", "token_type", "merges"))
     control = [t for t, kind in zip(tokens, types) if kind == gguf.TokenType.CONTROL]
-    assert control == list(SPECIAL_TOKENS)
+    assert sorted(control) == sorted([*SPECIAL_TOKENS, *EXTRA_TOKENS])  # DeepSeek's, FIM's and tool calls'
     vocab = {t: i for i, (t, kind) in enumerate(zip(tokens, types)) if kind != gguf.TokenType.UNUSED}
     backend = Backend(models.BPE(vocab, [tuple(m.split(" ")) for m in merges]))
     backend.pre_tokenizer = pre_tokenizers.Sequence(

@@ -55,7 +55,7 @@ PRE_TOKENIZER = "smollm"  # llama.cpp: "\p{N}" then GPT-2's regex (llama-vocab.c
 # llama.cpp's Jinja engine knows no {% generation %} (transformers' mark of the SFT loss), and without --jinja it
 # recognises DeepSeek-V3's turns by the literal end-of-sentence string (llama-chat.cpp): same text as CHAT_TEMPLATE
 GGUF_CHAT_TEMPLATE = (CHAT_TEMPLATE.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
-                      .replace("message.content + eos_token", f"message.content + '{EOS}'"))
+                      .replace("{{- eos_token }}", f"{{{{- '{EOS}' }}}}"))
 _ALWAYS_F32 = re.compile(r".*(norm|ffn_gate_inp|exp_probs_b)\.(weight|bias)")
 
 
