@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
 
 # Idle OpenMP threads spin only briefly, as the nanoseek command sets them (nanoseek.threads.spin_briefly): on a CPU
 # shared with other work, long spinning makes every multi-threaded product of both implementations many times slower.
+from machine import machine  # noqa: E402
 from nanoseek.threads import spin_briefly  # noqa: E402  (no torch import)
 
 spin_briefly()
@@ -89,17 +89,6 @@ def kv_bytes_per_token(hf, ours) -> tuple[float, float]:
     hf_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     pool = Engine(ours, EngineConfig(cache_mb=1, prefix_cache=False)).pool
     return hf_bytes / PROMPT, pool.bytes_per_block / pool.block_size
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, load average {load}"
 
 
 def main():

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import machine
 from nanoseek.threads import spin_briefly
 
 spin_briefly()  # as decode_vs_hf.py: OpenMP threads that wait spin only briefly, for both engines
@@ -153,17 +152,6 @@ def best_times(engines: dict, prompts: list[list[int]], new: int, repeats: int) 
                 e.generate(prompts, n)
                 best[name][i] = min(best[name][i], time.perf_counter() - start)
     return {name: tuple(t) for name, t in best.items()}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, load average {load}"
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import random
-from itertools import islice
 from pathlib import Path
 
 import torch
