@@ -4,13 +4,13 @@ then the summary); a row {"messages": [...]} is used as it is. Encoded in the ch
 assistant's tokens (`tokenizer.chat_ids`), and padded into batches whose labels are -100 off those tokens."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
 from nanoseek.data.problem import Problem
+from nanoseek.data.text import jsonl_rows
 from nanoseek.errors import DataError
 from nanoseek.tokenizer import Tokenizer, chat_ids
 
@@ -32,21 +32,13 @@ def read_rows(path: str | Path) -> Iterator[dict]:
     if not path.is_file():
         raise DataError(f"SFT data file {path} does not exist")
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or not (isinstance(row.get("messages"), list)
-                                                 or {"prompt", "answer"} <= set(row)):
-                raise DataError(f"{path}:{i}: expected {{\"prompt\", \"answer\"[, \"reasoning\"]}} or "
-                                f"{{\"messages\": [...]}}, got {line[:80].strip()}")
-            row.setdefault("task", "")
-            n += 1
-            yield row
+    for i, line, row in jsonl_rows(path, "SFT data file"):
+        if not isinstance(row, dict) or not (isinstance(row.get("messages"), list) or {"prompt", "answer"} <= set(row)):
+            raise DataError(f"{path}:{i}: expected {{\"prompt\", \"answer\"[, \"reasoning\"]}} or "
+                            f"{{\"messages\": [...]}}, got {line[:80].strip()}")
+        row.setdefault("task", "")
+        n += 1
+        yield row
     if n == 0:
         raise DataError(f"SFT data file {path} is empty")
 

@@ -61,22 +61,28 @@ def _txt(path: Path) -> Iterator[str]:
         yield "\n".join(lines)
 
 
-def _jsonl(path: Path) -> Iterator[str]:
+def jsonl_rows(path: Path, what: str) -> Iterator[tuple[int, str, object]]:
+    """(line number, line, its JSON value) for each non-blank line of a JSONL file; DataError naming the file and
+    the line for one that is not JSON, and for a file that is not UTF-8 (`what` says what file it is)."""
     with open(path, encoding="utf-8") as f:
         try:
             for i, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    yield i, line, json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not valid JSON ({e})") from e
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise DataError(f"{path}:{i}: expected an object with a string 'text' field, got {line[:80].strip()}")
-                if row["text"].strip():
-                    yield row["text"]
+                    raise DataError(f"{path}:{i}: not valid JSON ({e})") from None
         except UnicodeDecodeError as e:
-            raise DataError(f"text file {path} is not UTF-8: {e}") from e
+            raise DataError(f"{what} {path} is not UTF-8: {e}") from None
+
+
+def _jsonl(path: Path) -> Iterator[str]:
+    for i, line, row in jsonl_rows(path, "text file"):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise DataError(f"{path}:{i}: expected an object with a string 'text' field, got {line[:80].strip()}")
+        if row["text"].strip():
+            yield row["text"]
 
 
 def _parquet(path: Path) -> Iterator[str]:
