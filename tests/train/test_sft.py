@@ -99,3 +99,10 @@ def test_bad_files(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(DataError, match=message):
         list(read_rows(path))
+
+
+def test_an_sft_file_that_is_not_utf8_is_one_error(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "\xff", "answer": "1"}\n')
+    with pytest.raises(DataError, match="SFT data file .*bad.jsonl is not UTF-8"):
+        list(read_rows(path))
