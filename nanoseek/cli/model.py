@@ -137,7 +137,7 @@ def quantize_run(args: argparse.Namespace) -> None:
     from nanoseek.gptq import calibration_sequences, hessians
     from nanoseek.quant import check_format
     from nanoseek.tokenizer import Tokenizer
-    from nanoseek.train.run_folder import PROMPT_FORMAT
+    from nanoseek.data.prompts import PROMPT_FORMAT
 
     check_format(args.format, args.group_size)
     if args.calibrate < 0:

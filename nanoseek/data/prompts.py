@@ -14,7 +14,6 @@ from nanoseek.data.sources import DIFFICULTY, EVAL_SEED
 from nanoseek.data.tasks import TASKS, generate as generate_problems, generate_mix
 from nanoseek.errors import ConfigError, DataError
 from nanoseek.tokenizer import Tokenizer, chat_ids
-from nanoseek.train.run_folder import PROMPT_FORMAT
 
 # R1 §2.2.1, Table 1: DeepSeek-R1-Zero's template, with our answer format (the answer follows `</think>`, no tags)
 R1_ZERO_TEMPLATE = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves "
@@ -23,6 +22,8 @@ R1_ZERO_TEMPLATE = ("A conversation between User and Assistant. The user asks a 
                     "answer, i.e., <think> reasoning process here </think> answer here. User: {prompt}\nAssistant:")
 TEMPLATES = ("chat", "r1-zero")
 PROMPTS = {"chat": "chat template", "r1-zero": "R1-Zero template"}   # as reports name them
+
+PROMPT_FORMAT = "prompt.json"  # beside a checkpoint: the prompt its model was trained for
 
 
 def check_template(template: str, few_shot: int = 0) -> None:

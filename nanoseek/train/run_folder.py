@@ -35,7 +35,6 @@ from nanoseek.errors import CheckpointError, ConfigError
 RUN = "run.json"
 METRICS = "metrics.jsonl"
 REPORT = "report.md"
-PROMPT_FORMAT = "prompt.json"
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"step-(\d{6,})")
 STATE = "state.safetensors"          # a single-process checkpoint's optimizer moments and RNG states
